@@ -34,6 +34,7 @@ __all__ = [
     "rebatch",
     "filter_batch",
     "take_rows",
+    "row_mask",
     "rows_as_json",
     "to_json_value",
     "align_to_schema",
@@ -160,6 +161,15 @@ def rebatch(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.Rec
 def filter_batch(batch: pa.RecordBatch, mask: pa.Array) -> pa.RecordBatch:
     """Rows where ``mask`` is true (null counts as false)."""
     return batch.filter(pc.fill_null(mask, False))
+
+
+def row_mask(num_rows: int, rows: Sequence[int]) -> pa.Array:
+    """A boolean mask of ``num_rows`` that is true at ``rows``."""
+    import numpy as np
+
+    mask = np.zeros(num_rows, dtype=bool)
+    mask[list(rows)] = True
+    return pa.array(mask)
 
 
 def take_rows(batch: pa.RecordBatch, indices: Sequence[int] | pa.Array) -> pa.RecordBatch:
