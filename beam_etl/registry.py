@@ -50,6 +50,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.transforms.fields",
     "beam_etl.transforms.filter",
     "beam_etl.quality.validate",
+    "beam_etl.quality.clean",
     "beam_etl.io.files",
 )
 
