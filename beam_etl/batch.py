@@ -152,8 +152,10 @@ def rebatch(batches: Iterable[pa.RecordBatch], max_rows: int) -> Iterator[pa.Rec
         pending_rows += batch.num_rows
         if pending_rows >= max_rows:
             merged = concat_batches(pending)
-            pending, pending_rows = [], 0
-            yield from split_batch(merged, max_rows)
+            full = (merged.num_rows // max_rows) * max_rows
+            yield from split_batch(merged.slice(0, full), max_rows)
+            rest = merged.slice(full)
+            pending, pending_rows = ([rest], rest.num_rows) if rest.num_rows else ([], 0)
     if pending:
         yield concat_batches(pending)
 
