@@ -52,6 +52,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.quality.validate",
     "beam_etl.quality.clean",
     "beam_etl.io.files",
+    "beam_etl.io.inline",
 )
 
 
