@@ -40,6 +40,7 @@ class BuiltGraph:
 
     outputs: dict[str, PCollection]
     entries: list[tuple[str, str, str]]  # (kind, name, type)
+    reshaping: set[str] = field(default_factory=set)  # steps balanced on rows_merged
     dlq: PCollection | None = None
     written: dict[str, Any] = field(default_factory=dict)
 
@@ -85,6 +86,7 @@ def build_graph(
     outputs: dict[str, PCollection] = {}
     dlqs: list[PCollection] = []
     entries: list[tuple[str, str, str]] = []
+    reshaping: set[str] = set()
 
     def context(kind: str, name: str, path: str, input_schemas=()) -> BuildContext:
         return BuildContext(
@@ -125,6 +127,8 @@ def build_graph(
         ctx = context("step", step.name, f"steps[{index}]", schemas)
         collect(step.name, entry.build(step, inputs, ctx))
         entries.append(("step", step.name, step.type))
+        if step.reshapes:
+            reshaping.add(step.name)
 
     written: dict[str, Any] = {}
     for name, sink in spec.sinks.items():
@@ -151,7 +155,7 @@ def build_graph(
         ctx = context("sink", DLQ_NAME, "dlq")
         written[DLQ_NAME] = entry.build(dlq_sink, dlq, ctx)
         entries.append(("sink", DLQ_NAME, dlq_sink.type))
-    return BuiltGraph(outputs=outputs, entries=entries, dlq=dlq, written=written)
+    return BuiltGraph(outputs=outputs, entries=entries, dlq=dlq, written=written, reshaping=reshaping)
 
 
 def _dlq_sink_model(spec: PipelineSpec) -> SinkModel:
@@ -165,8 +169,9 @@ def _dlq_sink_model(spec: PipelineSpec) -> SinkModel:
 def summarize(result: Any, graph: BuiltGraph) -> dict[str, Any]:
     """Per-entry counters from the finished run, each step's balance, and DLQ reasons.
 
-    A step balances when ``rows_in == rows_out + rows_dlq + rows_filtered``. Sources have no
-    input counter of their own: rows seen = rows read + rows rejected while parsing.
+    A step balances when ``rows_in == rows_out + rows_dlq + rows_filtered``; a reshaping step
+    (aggregate, join, ...) when ``rows_in == rows_merged + rows_dlq + rows_filtered``. Sources
+    have no input counter of their own: rows seen = rows read + rows rejected while parsing.
     """
     counters: dict[tuple[str, str], int] = {}
     reasons: dict[str, int] = {}
@@ -185,7 +190,10 @@ def summarize(result: Any, graph: BuiltGraph) -> dict[str, Any]:
         values = {counter: counters.get((namespace, counter), 0) for counter in COUNTERS}
         if kind == "source":
             values["rows_in"] = values["rows_out"] + values["rows_dlq"] + values["rows_filtered"]
-        balanced = values["rows_in"] == values["rows_out"] + values["rows_dlq"] + values["rows_filtered"]
+        kept = values["rows_merged"] if name in graph.reshaping and kind == "step" else values["rows_out"]
+        balanced = values["rows_in"] == kept + values["rows_dlq"] + values["rows_filtered"]
+        if name not in graph.reshaping:
+            values.pop("rows_merged")
         rows.append({"kind": kind, "name": name, "type": type_name, **values, "balanced": balanced})
     dlq_reasons = [
         {"step": key.split("|", 1)[0], "error_type": key.split("|", 1)[1], "rows": count}

@@ -5,7 +5,7 @@ Kept free of Beam imports so ``python -m beam_etl validate`` stays quick.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
@@ -97,6 +97,11 @@ class StrictModel(BaseModel):
 
 
 class StepModel(StrictModel):
+    #: True for steps whose output rows are not input rows (aggregate, join, pivot, dedupe):
+    #: they count input rows absorbed into outputs as ``rows_merged``, and the run summary
+    #: balances ``rows_in = rows_merged + rows_dlq + rows_filtered`` for them.
+    reshapes: ClassVar[bool] = False
+
     name: str
     type: str
     input: str | list[str] | None = None

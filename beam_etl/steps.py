@@ -46,7 +46,7 @@ __all__ = [
     "DATA_ERRORS",
 ]
 
-COUNTERS = ("rows_in", "rows_out", "rows_dlq", "rows_filtered")
+COUNTERS = ("rows_in", "rows_out", "rows_dlq", "rows_filtered", "rows_merged")
 
 
 def metrics_namespace(kind: str, name: str) -> str:
@@ -63,6 +63,8 @@ class StepCounters:
         self.rows_out = Metrics.counter(namespace, "rows_out")
         self.rows_dlq = Metrics.counter(namespace, "rows_dlq")
         self.rows_filtered = Metrics.counter(namespace, "rows_filtered")
+        # Reshaping steps only: input rows absorbed into output rows (see StepModel.reshapes).
+        self.rows_merged = Metrics.counter(namespace, "rows_merged")
 
 
 @dataclass
