@@ -49,6 +49,12 @@ _TABLES: dict[Kind, dict[str, Registered]] = {"step": STEPS, "source": SOURCES, 
 PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.transforms.fields",
     "beam_etl.transforms.filter",
+    "beam_etl.transforms.aggregate",
+    "beam_etl.transforms.join",
+    "beam_etl.transforms.window",
+    "beam_etl.transforms.window_into",
+    "beam_etl.transforms.pivot",
+    "beam_etl.transforms.dedupe",
     "beam_etl.quality.validate",
     "beam_etl.quality.clean",
     "beam_etl.io.files",
@@ -95,7 +101,8 @@ def load_plugins() -> None:
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            # Only a missing *third-party* extra is tolerated; our own modules must import.
-            if exc.name and exc.name.startswith("beam_etl"):
+            # A missing third-party extra (a connector not installed) is tolerated; a broken
+            # import inside our own module is not.
+            if exc.name and exc.name.startswith("beam_etl") and exc.name != module:
                 raise
     _loaded = True
