@@ -130,6 +130,7 @@ class BatchOutcome:
     dlq: pa.RecordBatch | None = None
     filtered: pa.RecordBatch | None = None
     filtered_count: int | None = None
+    merged: int = 0  # reshaping steps: input rows absorbed into ``out`` (see StepModel.reshapes)
 
 
 #: Exceptions that mean "this data cannot be computed", as opposed to a bug in the step.
@@ -218,6 +219,8 @@ class _ApplyBatchDoFn(beam.DoFn):
                 ),
             )
             return
+        if outcome.merged:
+            counters.rows_merged.inc(outcome.merged)
         if outcome.out is not None and outcome.out.num_rows:
             counters.rows_out.inc(outcome.out.num_rows)
             yield outcome.out

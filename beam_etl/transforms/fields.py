@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import apache_beam as beam
 import pyarrow as pa
@@ -34,6 +34,10 @@ __all__ = [
     "select_columns",
     "rename_columns",
     "drop_columns",
+    "Flatten",
+    "Unflatten",
+    "flatten_batch",
+    "unflatten_batch",
 ]
 
 CastOnError = Literal["dlq", "null", "fail"]
@@ -471,3 +475,154 @@ class Derive(beam.PTransform):
 @register_step("derive", DeriveSpec)
 def build_derive(spec: DeriveSpec, inputs, ctx: BuildContext) -> StepOutputs:
     return inputs[0] | ctx.label() >> Derive(spec.name, spec.columns, spec.on_error)
+
+
+# --------------------------------------------------------------------------- flatten / unflatten
+
+
+def flatten_batch(batch: pa.RecordBatch, separator: str = ".", explode: list[str] | None = None) -> pa.RecordBatch:
+    """Nested structs to ``parent<sep>child`` columns; list columns in ``explode`` to one row per item.
+
+    Exploding repeats the other columns for each item (an empty or null list gives one row
+    with a null item, like a LEFT JOIN UNNEST, so no row disappears).
+    """
+    table = pa.Table.from_batches([batch])
+    for name in explode or []:
+        table = _explode(table, name)
+    while any(pa.types.is_struct(field.type) for field in table.schema):
+        arrays, names = [], []
+        for field, column in zip(table.schema, table.columns):
+            if pa.types.is_struct(field.type):
+                column = column.combine_chunks()
+                for index, child in enumerate(field.type):
+                    # StructArray.field ignores the parent's validity: a null struct must
+                    # give null children, which flatten() honours.
+                    arrays.append(column.flatten()[index])
+                    names.append(f"{field.name}{separator}{child.name}")
+            else:
+                arrays.append(column)
+                names.append(field.name)
+        table = pa.Table.from_arrays(arrays, names=names)
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+def _explode(table: pa.Table, name: str) -> pa.Table:
+    column = table.column(name).combine_chunks()
+    if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+        raise ValueError(f"cannot explode column '{name}' of type {column.type}: it is not a list")
+    # Empty and null lists become [null] so their row survives.
+    lengths = pc.fill_null(pc.list_value_length(column), 0)
+    padded = pc.if_else(pc.equal(lengths, 0), pa.scalar([None], type=column.type), column)
+    parents = pc.list_parent_indices(padded)
+    items = pc.list_flatten(padded)
+    exploded = table.take(parents)
+    index = exploded.schema.get_field_index(name)
+    return exploded.set_column(index, pa.field(name, items.type), items)
+
+
+def unflatten_batch(batch: pa.RecordBatch, separator: str = ".") -> pa.RecordBatch:
+    """``parent<sep>child`` columns back into struct columns (any depth)."""
+
+    def build(names: list[tuple[list[str], pa.Array]]) -> tuple[list[str], list[pa.Array]]:
+        order: list[str] = []
+        groups: dict[str, list[tuple[list[str], pa.Array]]] = {}
+        leaves: dict[str, pa.Array] = {}
+        for parts, array in names:
+            head = parts[0]
+            if head not in order:
+                order.append(head)
+            if len(parts) == 1:
+                leaves[head] = array
+            else:
+                groups.setdefault(head, []).append((parts[1:], array))
+        out_names, out_arrays = [], []
+        for head in order:
+            if head in groups and head not in leaves:
+                child_names, child_arrays = build(groups[head])
+                out_arrays.append(pa.StructArray.from_arrays(child_arrays, names=child_names))
+            else:
+                out_arrays.append(leaves[head])
+            out_names.append(head)
+        return out_names, out_arrays
+
+    names, arrays = build([(name.split(separator), batch.column(i)) for i, name in enumerate(batch.schema.names)])
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+class FlattenSpec(StepModel):
+    """Flatten nested structs (``separator``: ``.`` or ``_``); ``explode``: list columns to rows."""
+
+    reshapes: ClassVar[bool] = True  # exploding lists changes the row count
+    type: Literal["flatten"]
+    separator: str = "."
+    explode: list[str] = []
+
+    def check(self, schemas, path):
+        schema = schemas[0] if schemas else None
+        issues = _missing_columns(self.explode, schema, path, "explode")
+        if schema is not None:
+            for name in self.explode:
+                if name in schema.names and not pa.types.is_list(schema.field(name).type):
+                    issues.append(SpecIssue(f"{path}.explode", f"column '{name}' is {schema.field(name).type}, not a list", "explode only list columns"))
+        return issues
+
+
+class UnflattenSpec(StepModel):
+    type: Literal["unflatten"]
+    separator: str = "."
+
+
+class _FlattenFn:
+    def __init__(self, separator: str, explode: list[str]):
+        self.separator, self.explode = separator, list(explode)
+
+    def __call__(self, batch: pa.RecordBatch) -> BatchOutcome:
+        return BatchOutcome(out=flatten_batch(batch, self.separator, self.explode), merged=batch.num_rows)
+
+
+class _UnflattenFn:
+    def __init__(self, separator: str):
+        self.separator = separator
+
+    def __call__(self, batch: pa.RecordBatch) -> BatchOutcome:
+        return BatchOutcome(out=unflatten_batch(batch, self.separator))
+
+
+class Flatten(beam.PTransform):
+    """Flatten nested struct columns, optionally exploding list columns into rows.
+
+    Example:
+        >>> batches | Flatten("flat", separator="_", explode=["items"])  # doctest: +SKIP
+    """
+
+    def __init__(self, step: str, separator: str = ".", explode: list[str] | None = None):
+        super().__init__()
+        if not separator:
+            raise ValueError(f"flatten step '{step}' needs a non-empty separator")
+        self._step, self._fn = step, _FlattenFn(separator, explode or [])
+
+    def expand(self, pcoll):
+        return pcoll | ApplyBatchFn(self._step, self._fn)
+
+
+class Unflatten(beam.PTransform):
+    """Turn ``a.b``-named columns back into struct columns: ``batches | Unflatten("nest")``."""
+
+    def __init__(self, step: str, separator: str = "."):
+        super().__init__()
+        self._step, self._fn = step, _UnflattenFn(separator)
+
+    def expand(self, pcoll):
+        return pcoll | ApplyBatchFn(self._step, self._fn)
+
+
+@register_step("flatten", FlattenSpec)
+def build_flatten(spec: FlattenSpec, inputs, ctx: BuildContext) -> StepOutputs:
+    return inputs[0] | ctx.label() >> Flatten(spec.name, spec.separator, spec.explode)
+
+
+@register_step("unflatten", UnflattenSpec)
+def build_unflatten(spec: UnflattenSpec, inputs, ctx: BuildContext) -> StepOutputs:
+    return inputs[0] | ctx.label() >> Unflatten(spec.name, spec.separator)

@@ -111,3 +111,26 @@ def test_field_helpers():
     assert select_columns(batch, ["b", "missing"]).to_pylist() == [{"b": "x", "missing": None}]
     assert rename_columns(batch, {"a": "id"}).schema.names == ["id", "b"]
     assert drop_columns(batch, ["a"]).schema.names == ["b"]
+
+
+def test_flatten_structs_and_explode_lists_keeps_every_row():
+    from beam_etl.transforms.fields import _FlattenFn, unflatten_batch
+
+    batch = pa.RecordBatch.from_pylist(
+        [
+            {"id": 1, "a": {"b": {"c": 1}, "d": "x"}, "items": [1, 2]},
+            {"id": 2, "a": None, "items": []},
+            {"id": 3, "a": {"b": None, "d": "y"}, "items": None},
+        ]
+    )
+    outcome = _FlattenFn("_", ["items"])(batch)
+    assert outcome.out.schema.names == ["id", "a_b_c", "a_d", "items"]
+    assert outcome.out.to_pylist() == [
+        {"id": 1, "a_b_c": 1, "a_d": "x", "items": 1},
+        {"id": 1, "a_b_c": 1, "a_d": "x", "items": 2},
+        {"id": 2, "a_b_c": None, "a_d": None, "items": None},  # a null struct gives null children
+        {"id": 3, "a_b_c": None, "a_d": "y", "items": None},  # empty/null lists keep their row
+    ]
+    assert outcome.merged == 3
+    nested = unflatten_batch(_FlattenFn(".", [])(batch).out)
+    assert nested.to_pylist()[0] == {"id": 1, "a": {"b": {"c": 1}, "d": "x"}, "items": [1, 2]}
