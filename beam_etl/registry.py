@@ -59,6 +59,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.quality.clean",
     "beam_etl.io.files",
     "beam_etl.io.inline",
+    "beam_etl.io.rest",
 )
 
 

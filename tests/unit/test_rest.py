@@ -1,0 +1,136 @@
+"""REST source against a real HTTP server on loopback (tests/support/http_api.py)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from beam_etl.errors import SourceError
+from beam_etl.io.resilience import CircuitBreaker, CircuitOpenError, RateLimiter, RetryPolicy, TransientError
+from beam_etl.io.rest import RestClient, RestSource, iter_pages, json_path
+from tests.support.http_api import ITEMS, ApiServer
+
+
+@pytest.fixture()
+def api():
+    with ApiServer() as server:
+        yield server
+
+
+def read_all(spec: dict) -> list[dict]:
+    source = RestSource.model_validate({"type": "rest", "retry": {"initial_backoff": 0.01, "max_backoff": 0.05}, **spec})
+    client = RestClient(source, "test")
+    try:
+        return [record for _, records in iter_pages(client, source) for record in records]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    "path, pagination, records_path",
+    [
+        ("/offset", {"type": "offset", "limit": 10}, "items"),
+        ("/offset", {"type": "offset", "limit": 10, "total_path": "total"}, "items"),  # parallel pages
+        ("/page", {"type": "page", "size_param": "size", "limit": 7}, "data"),
+        ("/cursor", {"type": "cursor", "cursor_path": "meta.next"}, "data"),
+        ("/link", {"type": "link"}, None),
+    ],
+)
+def test_every_pagination_style_reads_every_record_once(api, path, pagination, records_path):
+    records = read_all({"url": api.url(path), "pagination": pagination, "records_path": records_path})
+    assert sorted(r["id"] for r in records) == [item["id"] for item in ITEMS]
+
+
+def test_max_pages_stops_early(api):
+    records = read_all({"url": api.url("/cursor"), "pagination": {"type": "cursor", "cursor_path": "meta.next", "max_pages": 2}, "records_path": "data"})
+    assert len(records) == 20
+
+
+def test_retries_500s_and_429_with_retry_after(api):
+    api.state.fail_next = [500, 503, 429]
+    api.state.retry_after = "0.3"
+    started = time.monotonic()
+    records = read_all({"url": api.url("/page"), "pagination": {"type": "none"}, "records_path": "data"})
+    assert [r["id"] for r in records] == list(range(1, 11))
+    assert time.monotonic() - started >= 0.3  # Retry-After honoured
+    assert len(api.state.requests) == 4
+
+
+def test_gives_up_with_a_clear_error_after_max_attempts(api):
+    api.state.fail_next = [500] * 10
+    with pytest.raises(SourceError, match="giving up after 3 attempts: HTTP 500"):
+        read_all({"url": api.url("/page"), "retry": {"max_attempts": 3, "initial_backoff": 0.01}})
+
+
+def test_circuit_breaker_opens_after_consecutive_failures(api):
+    api.state.fail_next = [500] * 10
+    with pytest.raises(SourceError, match="circuit open after 2 consecutive failures"):
+        read_all({"url": api.url("/page"), "circuit_breaker": 2, "retry": {"max_attempts": 5, "initial_backoff": 0.01}})
+    assert len(api.state.requests) == 2  # no hammering once open
+
+
+def test_timeout_is_retried(api):
+    api.state.slow_next, api.state.slow_seconds = 1, 1.0
+    records = read_all({"url": api.url("/page"), "timeout": 0.3, "records_path": "data"})
+    assert len(records) == 10 and len(api.state.requests) == 2
+
+
+def test_rate_limit_measured_at_the_server(api):
+    read_all({"url": api.url("/page"), "pagination": {"type": "page", "size_param": "size", "limit": 5}, "records_path": "data", "rate_limit": {"requests_per_second": 10, "burst": 1}})
+    times = [t for t, _ in api.state.requests]
+    assert len(times) == 11  # 10 pages of 5 + the empty page that stops
+    # 11 requests at 10/s with no burst take at least 1 s of spacing
+    assert times[-1] - times[0] >= 0.95
+    assert min(b - a for a, b in zip(times, times[1:])) >= 0.07
+
+
+def test_api_key_in_header_and_query(api):
+    assert len(read_all({"url": api.url("/apikey"), "auth": {"type": "api_key", "name": "X-API-Key", "value": "k3y"}, "records_path": "data"})) == 3
+    assert len(read_all({"url": api.url("/apikey"), "auth": {"type": "api_key", "name": "api_key", "value": "k3y", "in": "query"}, "records_path": "data"})) == 3
+    with pytest.raises(SourceError, match="HTTP 403"):
+        read_all({"url": api.url("/apikey"), "auth": {"type": "api_key", "value": "wrong"}})
+
+
+def test_oauth2_token_refreshes_when_it_expires_mid_run(api):
+    spec = {"url": api.url("/secure"), "records_path": "data", "auth": {"type": "oauth2", "token_url": api.url("/oauth/token"), "client_id": "client", "client_secret": "secret"}}
+    source = RestSource.model_validate({"type": "rest", **spec})
+    client = RestClient(source, "test")
+    assert len(client.get(api.url("/secure"))[0]["data"]) == 5
+    api.state.tokens = {k: 0 for k in api.state.tokens}  # every issued token expires now
+    assert len(client.get(api.url("/secure"))[0]["data"]) == 5
+    assert api.state.token_requests == 2
+    client.close()
+
+
+def test_secrets_do_not_leak_into_errors(api):
+    with pytest.raises(SourceError) as info:
+        read_all({"url": api.url("/apikey?api_key=supersecret"), "auth": {"type": "bearer", "token": "tok-secret"}})
+    assert "supersecret" not in str(info.value) and "tok-secret" not in str(info.value)
+
+
+def test_json_path():
+    assert json_path({"a": {"b": [{"c": 1}]}}, "a.b.0.c") == 1
+    assert json_path({"a": {}}, "a.b.c") is None
+
+
+def test_rate_limiter_and_breaker_units():
+    clock = [0.0]
+    sleeps = []
+
+    def sleep(s):
+        sleeps.append(s)
+        clock[0] += s
+
+    limiter = RateLimiter(2, burst=1, clock=lambda: clock[0], sleep=sleep)
+    for _ in range(3):
+        limiter.acquire()
+    assert sum(sleeps) == pytest.approx(1.0)
+    breaker = CircuitBreaker(1, name="x")
+    with pytest.raises(ValueError):
+        breaker.call(lambda: (_ for _ in ()).throw(ValueError("boom")))
+    with pytest.raises(CircuitOpenError):
+        breaker.call(lambda: 1)
+    policy = RetryPolicy(max_attempts=2, initial_backoff=0, sleep=lambda s: None)
+    with pytest.raises(TransientError):
+        policy.call(lambda: (_ for _ in ()).throw(TransientError("x")))
