@@ -53,11 +53,11 @@ from beam_etl.io.resilience import (
     RetrySpec,
     TransientError,
 )
-from beam_etl.models import StrictModel, SourceModel, schema_from_spec
-from beam_etl.registry import register_source
+from beam_etl.models import SinkModel, SourceModel, StrictModel, schema_from_spec
+from beam_etl.registry import register_sink, register_source
 from beam_etl.steps import BuildContext, StepCounters, StepOutputs
 
-__all__ = ["RestSource", "ReadFromRest", "RestClient", "json_path"]
+__all__ = ["RestSource", "RestSink", "ReadFromRest", "WriteToRest", "RestClient", "HttpOptions", "json_path"]
 
 
 # --------------------------------------------------------------------------- spec
@@ -91,20 +91,25 @@ class PaginationSpec(StrictModel):
     max_pages: int | None = Field(default=None, gt=0)
 
 
-class RestSource(SourceModel):
-    type: Literal["rest"]
+class HttpOptions(StrictModel):
+    """What every HTTP connector (source or sink) shares."""
+
     url: str
-    method: Literal["GET", "POST"] = "GET"
-    params: dict[str, Any] = Field(default_factory=dict)
     headers: dict[str, str] = Field(default_factory=dict)
-    body: dict[str, Any] | None = None
     auth: AuthSpec = Field(default_factory=AuthSpec)
-    pagination: PaginationSpec = Field(default_factory=PaginationSpec)
-    records_path: str | None = None
     timeout: float = Field(default=30.0, gt=0)
     rate_limit: RateLimitSpec | None = None
     retry: RetrySpec = Field(default_factory=RetrySpec)
     circuit_breaker: int = Field(default=5, ge=1)
+
+
+class RestSource(SourceModel, HttpOptions):
+    type: Literal["rest"]
+    method: Literal["GET", "POST"] = "GET"
+    params: dict[str, Any] = Field(default_factory=dict)
+    body: dict[str, Any] | None = None
+    pagination: PaginationSpec = Field(default_factory=PaginationSpec)
+    records_path: str | None = None
     parallel: int = Field(default=4, ge=1)
 
 
@@ -132,7 +137,7 @@ def json_path(document: Any, path: str | None) -> Any:
 class RestClient:
     """One authenticated, rate-limited, retrying HTTP client per worker (thread-safe)."""
 
-    def __init__(self, spec: RestSource, name: str = "rest"):
+    def __init__(self, spec: HttpOptions, name: str = "rest"):
         import httpx
 
         self.spec = spec
@@ -140,7 +145,7 @@ class RestClient:
         self._http = httpx.Client(timeout=spec.timeout, follow_redirects=True)
         self._limiter = RateLimiter.from_spec(spec.rate_limit)
         self._retry = RetryPolicy.from_spec(spec.retry)
-        self._breaker = CircuitBreaker(spec.circuit_breaker, name=f"source '{name}' ({_redact_url(spec.url)})")
+        self._breaker = CircuitBreaker(spec.circuit_breaker, name=f"'{name}' ({_redact_url(spec.url)})")
         self._token: str | None = None
         self._token_expires = 0.0
         self._token_lock = threading.Lock()
@@ -160,7 +165,7 @@ class RestClient:
                 auth=(auth.client_id or "", auth.client_secret or ""),
             )
             if response.status_code >= 400:
-                raise SourceError(f"source '{self.name}': OAuth2 token request failed with HTTP {response.status_code}; check client_id/client_secret")
+                raise SourceError(f"'{self.name}': OAuth2 token request failed with HTTP {response.status_code}; check client_id/client_secret")
             payload = response.json()
             self._token = payload["access_token"]
             # Refresh a little early so a token never expires mid-request.
@@ -184,20 +189,42 @@ class RestClient:
 
     def get(self, url: str, params: dict[str, Any] | None = None) -> tuple[Any, Any]:
         """(parsed JSON, response) for one page, with rate limit, retries and breaker."""
+        method = getattr(self.spec, "method", "GET")
+        response = self.request(method, url, params=params, json_body=getattr(self.spec, "body", None))
+        try:
+            return response.json(), response
+        except ValueError:
+            raise SourceError(f"source '{self.name}': {_redact_url(url)} did not return JSON") from None
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        headers: dict[str, str] | None = None,
+        raise_client_errors: bool = True,
+    ):
+        """One HTTP exchange with auth, rate limit, retries (5xx, 429, timeouts) and breaker.
+
+        Returns the response. A 4xx other than 429 raises :class:`SourceError` unless
+        ``raise_client_errors`` is false (sinks report those rows to the DLQ instead).
+        """
 
         state = {"refresh_token": False}
 
         def attempt() -> tuple[Any, Any]:
             import httpx
 
-            headers = dict(self.spec.headers)
+            request_headers = {**self.spec.headers, **(headers or {})}
             query = dict(params or {})
-            self._auth(headers, query, state["refresh_token"])
+            self._auth(request_headers, query, state["refresh_token"])
             state["refresh_token"] = False
             if self._limiter is not None:
                 self._limiter.acquire()
             try:
-                response = self._http.request(self.spec.method, url, params=query or None, headers=headers, json=self.spec.body)
+                response = self._http.request(method, url, params=query or None, headers=request_headers, json=json_body)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 raise TransientError(f"{type(exc).__name__} for {_redact_url(url)}") from None
             status = response.status_code
@@ -211,18 +238,15 @@ class RestClient:
                 raise TransientError(f"HTTP 401 from {_redact_url(url)}")
             if status >= 500:
                 raise TransientError(f"HTTP {status} from {_redact_url(url)}")
-            if status >= 400:
-                raise SourceError(f"source '{self.name}': HTTP {status} from {_redact_url(url)}: {response.text[:200]}")
-            try:
-                return response.json(), response
-            except ValueError:
-                raise SourceError(f"source '{self.name}': {_redact_url(url)} did not return JSON") from None
+            if status >= 400 and raise_client_errors:
+                raise SourceError(f"'{self.name}': HTTP {status} from {_redact_url(url)}: {response.text[:200]}")
+            return response
 
         try:
             return self._retry.call(lambda: self._breaker.call(attempt))
         except TransientError as exc:
             raise SourceError(
-                f"source '{self.name}': giving up after {self.spec.retry.max_attempts} attempts: {exc}"
+                f"'{self.name}': giving up after {self.spec.retry.max_attempts} attempts: {exc}"
             ) from None
 
 
@@ -445,3 +469,110 @@ class ReadFromRest(beam.PTransform):
 @register_source("rest", RestSource)
 def build_rest(spec: RestSource, root, ctx: BuildContext) -> StepOutputs:
     return root | ctx.label() >> ReadFromRest(ctx.name, spec, ctx.batch_rows)
+
+
+# --------------------------------------------------------------------------- sink
+
+
+class RestSink(SinkModel, HttpOptions):
+    """``rest`` sink: POST/PUT rows as JSON, in batches or one per request.
+
+    Each request carries an idempotency key header derived from its body (the same rows
+    give the same key on a retry or a rerun), so a server that honours it applies each
+    batch once. Responses other than 2xx after retries become DLQ rows with the status
+    and the response body.
+    """
+
+    type: Literal["rest"]
+    method: Literal["POST", "PUT", "PATCH"] = "POST"
+    batch_size: int = Field(default=100, ge=1, description="rows per request when mode is batch")
+    mode: Literal["batch", "single"] = "batch"
+    wrap: str | None = Field(default=None, description="send {wrap: [rows]} instead of a bare array")
+    idempotency_header: str | None = "Idempotency-Key"
+
+
+def _request_bodies(rows: list[dict], spec: RestSink) -> Iterator[tuple[list[dict], Any]]:
+    if spec.mode == "single":
+        for row in rows:
+            yield [row], row
+        return
+    for start in range(0, len(rows), spec.batch_size):
+        chunk = rows[start : start + spec.batch_size]
+        yield chunk, ({spec.wrap: chunk} if spec.wrap else chunk)
+
+
+class _WriteRestFn(beam.DoFn):
+    def __init__(self, name: str, spec: RestSink):
+        self._name = name
+        self._spec = spec
+
+    def setup(self) -> None:
+        self._client = RestClient(self._spec, self._name)
+        self._counters = StepCounters("sink", self._name)
+
+    def teardown(self) -> None:
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.close()
+
+    def process(self, batch: pa.RecordBatch):
+        import hashlib
+
+        from beam_etl.batch import to_json_value
+
+        self._counters.rows_in.inc(batch.num_rows)
+        # HTTP bodies are JSON documents: rows become Python dicts here, at the edge (DESIGN §3).
+        rows = [to_json_value(row) for row in batch.to_pylist()]
+        failed_rows, reasons = [], []
+        for chunk, body in _request_bodies(rows, self._spec):
+            text = json.dumps(body, sort_keys=True)
+            headers = {}
+            if self._spec.idempotency_header:
+                headers[self._spec.idempotency_header] = hashlib.sha256(text.encode()).hexdigest()[:32]
+            try:
+                response = self._client.request(self._spec.method, self._spec.url, json_body=body, headers=headers, raise_client_errors=False)
+                reason = None if response.status_code < 300 else f"HTTP {response.status_code}: {response.text[:500]}"
+            except SourceError as exc:
+                reason = str(exc)
+            if reason is None:
+                self._counters.rows_out.inc(len(chunk))
+            else:
+                failed_rows.extend(chunk)
+                reasons.extend([reason] * len(chunk))
+        if failed_rows:
+            self._counters.rows_dlq.inc(len(failed_rows))
+            yield beam.pvalue.TaggedOutput(
+                "dlq",
+                dlq_batch(
+                    None,
+                    step=self._name,
+                    error_type="rest.write",
+                    error_message=reasons,
+                    source=_redact_url(self._spec.url),
+                    records=[json.dumps(row) for row in failed_rows],
+                ),
+            )
+
+
+class WriteToRest(beam.PTransform):
+    """Send batches to an HTTP endpoint; failed requests' rows go to the ``dlq`` output.
+
+    Example:
+        >>> batches | WriteToRest("api", {"type": "rest", "input": "x", "url": "http://localhost:8000/ingest",
+        ...                               "batch_size": 500})  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, spec: RestSink | dict):
+        super().__init__()
+        self._name = name
+        self._spec = spec if isinstance(spec, RestSink) else RestSink.model_validate(spec)
+
+    def expand(self, pcoll) -> StepOutputs:
+        results = pcoll | "send" >> beam.ParDo(_WriteRestFn(self._name, self._spec)).with_outputs("dlq", main="main")
+        results.dlq.element_type = pa.RecordBatch
+        return StepOutputs(main=results.main, dlq=results.dlq)
+
+
+@register_sink("rest", RestSink)
+def build_rest_sink(spec: RestSink, pcoll, ctx: BuildContext) -> StepOutputs:
+    return pcoll | ctx.label() >> WriteToRest(ctx.name, spec)

@@ -26,6 +26,7 @@ class ApiState:
     token_lifetime: float = 3600
     tokens: dict[str, float] = field(default_factory=dict)  # token -> expiry
     token_requests: int = 0
+    received: list[tuple[str, object]] = field(default_factory=list)  # (idempotency key, body)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -55,6 +56,20 @@ def _handler(state: ApiState):
                     token = f"tok-{state.token_requests}"
                     state.tokens[token] = time.monotonic() + state.token_lifetime
                 return self._send(200, {"access_token": token, "expires_in": 3600})
+            if self.path.startswith("/ingest"):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"null")
+                with state.lock:
+                    state.requests.append((time.monotonic(), self.path))
+                    status = state.fail_next.pop(0) if state.fail_next else None
+                if status is not None:
+                    return self._send(status, {"error": "injected"})
+                rows = body if isinstance(body, list) else [body]
+                if any(isinstance(r, dict) and r.get("reject") for r in rows):
+                    return self._send(422, {"error": "row rejected by validation"})
+                with state.lock:
+                    state.received.append((self.headers.get("Idempotency-Key"), body))
+                return self._send(201, {"ok": True})
             return self._send(404, {})
 
         def do_GET(self):

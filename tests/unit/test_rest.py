@@ -134,3 +134,41 @@ def test_rate_limiter_and_breaker_units():
     policy = RetryPolicy(max_attempts=2, initial_backoff=0, sleep=lambda s: None)
     with pytest.raises(TransientError):
         policy.call(lambda: (_ for _ in ()).throw(TransientError("x")))
+
+
+def test_rest_sink_in_a_pipeline_batches_retries_and_dead_letters(api):
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from beam_etl.io.inline import ReadInline
+    from beam_etl.io.rest import WriteToRest
+
+    rows = [{"id": i, "reject": i == 7} for i in range(10)]
+    api.state.fail_next = [500]  # the first request fails once, then succeeds on retry
+    with beam.Pipeline(runner="DirectRunner") as p:
+        batches = (p | ReadInline("rows", rows, batch_rows=10)).main
+        result = batches | WriteToRest(
+            "api", {"type": "rest", "input": "rows", "url": api.url("/ingest"), "batch_size": 4, "retry": {"initial_backoff": 0.01}}
+        )
+        dead = result.dlq | beam.FlatMap(lambda b: [(r["error_message"][:8], __import__("json").loads(r["record"])["id"]) for r in b.to_pylist()])
+        assert_that(dead, equal_to([("HTTP 422", 4), ("HTTP 422", 5), ("HTTP 422", 6), ("HTTP 422", 7)]))
+    sent = sorted(row["id"] for _, body in api.state.received for row in body)
+    assert sent == [0, 1, 2, 3, 8, 9]  # chunks [0-3] (after a retry) and [8, 9]; [4-7] rejected
+    keys = [key for key, _ in api.state.received]
+    assert all(keys) and len(set(keys)) == len(keys)
+
+
+def test_rest_sink_idempotency_key_is_stable_for_the_same_rows(api):
+    from beam_etl.io.rest import RestSink, _WriteRestFn
+
+    fn = _WriteRestFn("api", RestSink.model_validate({"type": "rest", "input": "x", "url": api.url("/ingest")}))
+    fn.setup()
+    import pyarrow as pa
+
+    batch = pa.RecordBatch.from_pylist([{"id": 1}, {"id": 2}])
+    list(fn.process(batch))
+    list(fn.process(batch))
+    first, second = api.state.received
+    assert first[0] == second[0]
+    fn.teardown()
