@@ -14,15 +14,20 @@ CORE = [
     "openpyxl>=3.1",
     "SQLAlchemy>=2",
     "rich>=13",
+    "httpx>=0.27",
+    "tenacity>=8",
 ]
 
 EXTRAS = {
     "gcp": ["apache-beam[gcp]==2.77.0"],
+    "streams": ["websockets>=13", "httpx-sse>=0.4"],
     "test": [
         "pytest>=8",
         "pytest-timeout>=2",
         "hypothesis>=6",
         "duckdb>=1.1",
+        "websockets>=13",
+        "httpx-sse>=0.4",
     ],
 }
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

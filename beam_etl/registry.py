@@ -60,6 +60,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.io.files",
     "beam_etl.io.inline",
     "beam_etl.io.rest",
+    "beam_etl.io.streams",
 )
 
 
