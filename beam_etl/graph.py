@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from beam_etl.batch import DEFAULT_BATCH_ROWS
 from beam_etl.dlq import DLQ_SCHEMA, with_job_id
 from beam_etl.models import SinkModel
 from beam_etl.spec import PipelineSpec
-from beam_etl.steps import COUNTERS, BuildContext, StepOutputs, metrics_namespace
+from beam_etl.steps import COUNTERS, BuildContext, RunLifecycle, StepOutputs, metrics_namespace
 
 __all__ = ["BuiltGraph", "build_graph", "summarize", "DLQ_NAME"]
 
@@ -41,6 +42,7 @@ class BuiltGraph:
     outputs: dict[str, PCollection]
     entries: list[tuple[str, str, str]]  # (kind, name, type)
     reshaping: set[str] = field(default_factory=set)  # steps balanced on rows_merged
+    lifecycle: RunLifecycle = field(default_factory=RunLifecycle)
     dlq: PCollection | None = None
     written: dict[str, Any] = field(default_factory=dict)
 
@@ -87,6 +89,8 @@ def build_graph(
     dlqs: list[PCollection] = []
     entries: list[tuple[str, str, str]] = []
     reshaping: set[str] = set()
+    lifecycle = RunLifecycle()
+    lifecycle.scratch_dir = os.path.join(output_dir, "_beam_etl_scratch", job_id)
 
     def context(kind: str, name: str, path: str, input_schemas=()) -> BuildContext:
         return BuildContext(
@@ -98,6 +102,7 @@ def build_graph(
             spec_dir=spec.base_dir,
             output_dir=output_dir,
             input_schemas=list(input_schemas),
+            lifecycle=lifecycle,
         )
 
     def collect(name: str, result: StepOutputs | PCollection | None) -> None:
@@ -155,7 +160,7 @@ def build_graph(
         ctx = context("sink", DLQ_NAME, "dlq")
         written[DLQ_NAME] = entry.build(dlq_sink, dlq, ctx)
         entries.append(("sink", DLQ_NAME, dlq_sink.type))
-    return BuiltGraph(outputs=outputs, entries=entries, dlq=dlq, written=written, reshaping=reshaping)
+    return BuiltGraph(outputs=outputs, entries=entries, dlq=dlq, written=written, reshaping=reshaping, lifecycle=lifecycle)
 
 
 def _dlq_sink_model(spec: PipelineSpec) -> SinkModel:

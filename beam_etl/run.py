@@ -115,6 +115,7 @@ def run_spec(
 
     started = time.monotonic()
     status, error, summary = "succeeded", None, {"steps": [], "balanced": False, "dlq_rows": 0, "dlq_reasons": []}
+    graph = None
     try:
         pipeline = beam.Pipeline(options=options)
         graph = build_graph(
@@ -143,6 +144,12 @@ def run_spec(
     except Exception as exc:  # a worker error surfaces as the runner's exception type
         status, error = "failed", _root_message(exc)
         log.debug("run failed", exc_info=True)
+    if graph is not None:
+        # Acks, offset commits and watermarks move only now, after every sink committed.
+        try:
+            graph.lifecycle.finish(succeeded=status == "succeeded" and summary.get("balanced", False))
+        except Exception as exc:
+            status, error = "failed", f"after the run: {_root_message(exc)}"
     seconds = time.monotonic() - started
     summary.update(
         {

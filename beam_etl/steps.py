@@ -42,6 +42,7 @@ __all__ = [
     "StepCounters",
     "metrics_namespace",
     "route_errors",
+    "RunLifecycle",
     "isolate_row_errors",
     "DATA_ERRORS",
 ]
@@ -89,6 +90,7 @@ class BuildContext:
     spec_dir: str = "."
     output_dir: str = "."
     input_schemas: list[pa.Schema | None] = field(default_factory=list)
+    lifecycle: "RunLifecycle | None" = None
 
     def label(self, suffix: str = "") -> str:
         """A unique, readable Beam transform label for this entry."""
@@ -106,6 +108,43 @@ def _resolve(path: str, base: str) -> str:
     if "://" in path or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(base, path)) + (os.sep if path.endswith(("/", os.sep)) else "")
+
+
+class RunLifecycle:
+    """Driver-side hooks that run after the whole pipeline: acknowledge only after sinks commit.
+
+    Sources whose position must advance only when every sink has committed (broker offsets,
+    queue acks, incremental watermarks) register ``on_success`` (commit/ack/advance) and
+    ``on_failure`` (requeue/leave as is). The runner calls them once the pipeline has
+    finished: ``on_success`` only if the run succeeded and balanced.
+
+    Example:
+        >>> life = RunLifecycle()
+        >>> life.on_success(lambda: print("watermark advanced"))
+        >>> life.finish(succeeded=True)
+        watermark advanced
+    """
+
+    def __init__(self) -> None:
+        self._success: list[Callable[[], None]] = []
+        self._failure: list[Callable[[], None]] = []
+        self.scratch_dir: str | None = None  # where workers leave results for the hooks
+
+    def on_success(self, hook: Callable[[], None]) -> None:
+        self._success.append(hook)
+
+    def on_failure(self, hook: Callable[[], None]) -> None:
+        self._failure.append(hook)
+
+    def finish(self, succeeded: bool) -> None:
+        errors = []
+        for hook in self._success if succeeded else self._failure:
+            try:
+                hook()
+            except Exception as exc:  # every hook runs; the first error is reported
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 @dataclass
