@@ -1,0 +1,421 @@
+"""Writing Arrow batches to files atomically: temp files, then deterministic names.
+
+How a write runs (the scheme of Beam's own file sinks, for batches):
+
+1. Each bundle (or, with ``num_shards``, each shard after a ``GroupByKey``) writes its batches
+   to files in a hidden temp directory inside the target (``.beam_etl-temp-<token>/``), so a
+   half-finished run is never visible and directory readers skip it.
+2. One finalize step, run once after every write succeeded (a ``Create([None])`` with the
+   temp file list as side input, so it also runs for an empty input), renames the temp files
+   to ``part-00000-of-00003.<ext>`` (``part-<run_id>-00000-of-00003.<ext>`` for ``append``),
+   then — for ``overwrite`` — deletes the files of earlier runs that were not replaced, and
+   removes the temp directory. Old outputs are removed only after the new ones are in place.
+3. ``error_if_exists`` raises :class:`~beam_etl.errors.SinkError` when the pipeline is built,
+   before anything runs, if the target already has data files.
+
+A batch (or the rows of one) that the format cannot hold — a type Avro has no equivalent
+for, a uint64 above Avro's long range — is not written: it leaves on the ``dlq`` output of
+the returned :class:`~beam_etl.steps.StepOutputs` (``error_type`` ``<format>.write``), which
+the graph builder flattens into the DLQ. Counters: ``rows_in`` rows received, ``rows_out``
+rows written, ``rows_dlq`` rows rejected.
+
+Example:
+    >>> import apache_beam as beam
+    >>> with beam.Pipeline() as p:  # doctest: +SKIP
+    ...     batches = (p | ReadFromFiles("in.csv", "csv")).main
+    ...     written = batches | WriteToFiles("out/", "parquet", mode="overwrite")
+    ...     written.main  # the final file names
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.pvalue import AsList, PCollection, TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
+
+from beam_etl.batch import align_to_schema
+from beam_etl.dlq import dlq_batch
+from beam_etl.errors import SinkError
+from beam_etl.io import files_formats as fmt
+from beam_etl.steps import StepCounters, StepOutputs
+
+__all__ = ["WriteToFiles", "MODES", "TEMP_PREFIX"]
+
+MODES = ("overwrite", "append", "error_if_exists")
+TEMP_PREFIX = ".beam_etl-temp-"
+
+#: Options each format accepts (besides mode, num_shards, single_file, compression, name).
+FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "csv": ("delimiter", "header"),
+    "ndjson": (),
+    "json": (),
+    "parquet": ("row_group_rows",),
+    "avro": (),
+}
+
+_TEXT_COMPRESSION = {
+    None: CompressionTypes.UNCOMPRESSED,
+    "none": CompressionTypes.UNCOMPRESSED,
+    "gzip": CompressionTypes.GZIP,
+    "gz": CompressionTypes.GZIP,
+    "bzip2": CompressionTypes.BZIP2,
+    "bz2": CompressionTypes.BZIP2,
+    "zstd": CompressionTypes.ZSTD,
+    "deflate": CompressionTypes.DEFLATE,
+}
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a sink writes and how its files are named."""
+
+    path: str
+    format: str
+    mode: str
+    single_file: bool
+    compression: str | None
+    run_id: str
+    token: str
+
+    @property
+    def directory(self) -> str:
+        if self.single_file:
+            return FileSystems.split(self.path)[0] or "."
+        return self.path.rstrip("/") or "/"
+
+    @property
+    def temp_dir(self) -> str:
+        return FileSystems.join(self.directory, TEMP_PREFIX + self.token)
+
+    @property
+    def extension(self) -> str:
+        return fmt.file_extension(self.format, self.compression)
+
+    @property
+    def stream_compression(self) -> str:
+        if self.format in ("csv", "ndjson", "json"):
+            return _TEXT_COMPRESSION[self.compression.lower() if self.compression else None]
+        return CompressionTypes.UNCOMPRESSED  # Parquet/Avro compress inside the file
+
+    def final_name(self, index: int, total: int) -> str:
+        if self.single_file:
+            return self.path
+        prefix = f"part-{self.run_id}-" if self.mode == "append" else "part-"
+        return FileSystems.join(self.directory, f"{prefix}{index:05d}-of-{total:05d}{self.extension}")
+
+    def existing_files(self) -> list[str]:
+        """Data files already at the target (hidden files and temp directories excluded)."""
+        if self.single_file:
+            return [self.path] if FileSystems.exists(self.path) else []
+        if "://" not in self.directory and not os.path.isdir(self.directory):
+            return []
+        metadata = FileSystems.match([self.directory + "/*"])[0].metadata_list
+        found = []
+        for meta in metadata:
+            name = meta.path.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith(".") or ("://" not in meta.path and os.path.isdir(meta.path)):
+                continue
+            found.append(meta.path)
+        return sorted(found)
+
+
+@dataclass(frozen=True)
+class _TempFile:
+    shard: int
+    path: str
+    rows: int
+
+
+class _FileSet:
+    """The temp files one worker writes: one open file at a time, a new one when the schema changes."""
+
+    def __init__(self, target: _Target, options: Mapping[str, Any], allow_rollover: bool):
+        self._target = target
+        self._options = options
+        self._writer_cls = fmt.make_writer(target.format)
+        self._allow_rollover = allow_rollover
+        self._writer: fmt.FileWriter | None = None
+        self._path: str | None = None
+        self.done: list[tuple[str, int]] = []
+
+    def prepare(self, batch: pa.RecordBatch) -> tuple[pa.RecordBatch, pa.RecordBatch | None, str]:
+        return self._writer_cls.prepare(batch, self._options)
+
+    def fits(self, batch: pa.RecordBatch) -> pa.RecordBatch | None:
+        """``batch`` in the open file's schema, or None when it cannot be made to fit."""
+        if self._writer is None or batch.schema == self._writer.schema:
+            return batch
+        if set(batch.schema.names) <= set(self._writer.schema.names):
+            try:
+                return align_to_schema(batch, self._writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+                return None
+        return None
+
+    def write(self, batch: pa.RecordBatch) -> str | None:
+        """Write ``batch``; returns a reason when it cannot go into this (single) file."""
+        fitted = self.fits(batch)
+        if fitted is None:
+            if not self._allow_rollover:
+                return (
+                    f"this batch's columns {batch.schema.names} do not match the file's {self._writer.schema.names}; "
+                    "a single-file sink needs one schema (select/cast the columns first)"
+                )
+            self.close()
+            fitted = batch
+        if self._writer is None:
+            self._path = FileSystems.join(self._target.temp_dir, uuid.uuid4().hex + self._target.extension)
+            stream = FileSystems.create(self._path, compression_type=self._target.stream_compression)
+            self._writer = self._writer_cls(stream, fitted.schema, self._options)
+        self._writer.write(fitted)
+        return None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self.done.append((self._path, self._writer.rows))
+            self._writer, self._path = None, None
+
+
+class _WriteMixin:
+    """Shared by the bundle writer and the shard writer: prepare, DLQ, count."""
+
+    def _setup(self, target: _Target, options: Mapping[str, Any], name: str) -> None:
+        self._target, self._options, self._name = target, options, name
+
+    def setup(self) -> None:
+        self._counters = StepCounters("sink", self._name)
+
+    def _write_batch(self, files: _FileSet, batch: pa.RecordBatch) -> Iterator[TaggedOutput]:
+        counters = self._counters
+        counters.rows_in.inc(batch.num_rows)
+        if batch.num_rows == 0:
+            return
+        good, bad, reason = files.prepare(batch)
+        if bad is not None and bad.num_rows:
+            yield self._reject(bad, reason)
+        if good.num_rows:
+            problem = files.write(good)
+            if problem is not None:
+                yield self._reject(good, problem)
+            else:
+                counters.rows_out.inc(good.num_rows)
+
+    def _reject(self, rows: pa.RecordBatch, reason: str) -> TaggedOutput:
+        self._counters.rows_dlq.inc(rows.num_rows)
+        return TaggedOutput(
+            "dlq", dlq_batch(rows, step=self._name, error_type=f"{self._target.format}.write", error_message=reason, source=self._target.path)
+        )
+
+
+class _WriteBundleFn(_WriteMixin, beam.DoFn):
+    """Each bundle writes its own temp file(s); the file names leave in ``finish_bundle``."""
+
+    def __init__(self, target: _Target, options: Mapping[str, Any], name: str):
+        self._setup(target, options, name)
+
+    def start_bundle(self) -> None:
+        self._files = _FileSet(self._target, self._options, allow_rollover=True)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[Any]:
+        yield from self._write_batch(self._files, batch)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        self._files.close()
+        for path, rows in self._files.done:
+            yield GlobalWindows.windowed_value(_TempFile(0, path, rows))
+
+
+class _AssignShardFn(beam.DoFn):
+    """Round robin over ``num_shards`` keys from a random start (spreads batches evenly)."""
+
+    def __init__(self, num_shards: int):
+        self._num_shards = num_shards
+
+    def start_bundle(self) -> None:
+        self._next = random.randrange(self._num_shards)
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
+        key = self._next % self._num_shards
+        self._next += 1
+        yield key, batch
+
+
+class _WriteShardFn(_WriteMixin, beam.DoFn):
+    """All batches of one shard key into one temp file (more only when the schema changes)."""
+
+    def __init__(self, target: _Target, options: Mapping[str, Any], name: str):
+        self._setup(target, options, name)
+
+    def process(self, element: tuple[int, Iterable[pa.RecordBatch]]) -> Iterator[Any]:
+        shard, batches = element
+        files = _FileSet(self._target, self._options, allow_rollover=not self._target.single_file)
+        for batch in batches:
+            yield from self._write_batch(files, batch)
+        files.close()
+        for path, rows in files.done:
+            yield _TempFile(shard, path, rows)
+
+
+class _FinalizeFn(beam.DoFn):
+    """Once, after all writes: rename temp files to final names, drop stale outputs, clean up."""
+
+    def __init__(self, target: _Target):
+        self._target = target
+
+    def process(self, _: Any, temp_files: list[_TempFile]) -> Iterator[str]:
+        target = self._target
+        ordered = sorted(temp_files, key=lambda t: (t.shard, t.path))
+        finals = [target.final_name(i, len(ordered)) for i in range(len(ordered))]
+        stale: list[str] = []
+        if target.mode == "overwrite":
+            keep = {os.path.normpath(f) if "://" not in f else f for f in finals}
+            for existing in target.existing_files():
+                key = os.path.normpath(existing) if "://" not in existing else existing
+                if key not in keep:
+                    stale.append(existing)
+        sources, destinations = [], []
+        for temp, final in zip(ordered, finals):
+            if FileSystems.exists(temp.path):
+                sources.append(temp.path)
+                destinations.append(final)
+            elif not FileSystems.exists(final):  # a retried finalize already moved it
+                raise SinkError(f"sink temp file '{temp.path}' vanished before it was renamed to '{final}'")
+        if sources:
+            FileSystems.rename(sources, destinations)
+        if stale:
+            FileSystems.delete(stale)
+        if FileSystems.exists(target.temp_dir) or "://" in target.temp_dir:
+            try:
+                FileSystems.delete([target.temp_dir])
+            except Exception:  # nothing was ever written there (no temp directory to delete)
+                pass
+        if not finals and "://" not in target.directory:
+            os.makedirs(target.directory, exist_ok=True)
+        yield from finals
+
+
+def check_target(target: _Target, name: str) -> None:
+    """Raise :class:`SinkError` for ``error_if_exists`` when the target already has files."""
+    if target.mode != "error_if_exists":
+        return
+    existing = target.existing_files()
+    if existing:
+        shown = ", ".join(existing[:3]) + (" ..." if len(existing) > 3 else "")
+        raise SinkError(
+            f"sink '{name}': '{target.path}' already has files ({shown}) and mode is error_if_exists; "
+            "remove them, or set mode: overwrite or mode: append"
+        )
+
+
+class WriteToFiles(beam.PTransform):
+    """Write batches as CSV, NDJSON, JSON (an array), Parquet or Avro files, atomically.
+
+    Args:
+        path: the output directory (sharded output), or the file name when
+            ``single_file`` is true; any filesystem Beam knows.
+        format: ``csv``, ``ndjson``, ``json``, ``parquet`` or ``avro``.
+        mode: ``overwrite`` (default: the directory ends up holding exactly this run's
+            files; old files are deleted only after the new ones are in place), ``append``
+            (new files named with ``run_id`` next to the old), or ``error_if_exists``
+            (raise :class:`~beam_etl.errors.SinkError` at build time if the target has files).
+        num_shards: exactly this many files (batches are shuffled to shards); default one
+            file per bundle, without a shuffle. A batch whose schema differs from its file's
+            starts a new file, so drifting schemas can add files.
+        single_file: write one file named ``path`` (implies ``num_shards=1``).
+        compression: csv/ndjson/json: ``gzip``, ``bzip2``, ``zstd``, ``deflate``;
+            parquet: ``snappy`` (default), ``zstd``, ``gzip``, ``brotli``, ``lz4``, ``none``;
+            avro: ``null`` (default), ``deflate``, ``snappy``, ``zstandard``, ``bzip2``, ``xz``.
+        name: the sink name (counters, DLQ ``step``).
+        run_id: names ``append`` files ``part-<run_id>-00000-of-00002``; default random.
+        **options: csv: ``delimiter``, ``header``; parquet: ``row_group_rows`` (default 131072).
+
+    Returns a :class:`~beam_etl.steps.StepOutputs`: ``main`` the final file names (after
+    the finalize step), ``dlq`` the rows that could not be written, as DLQ rows.
+
+    Example:
+        >>> batches | WriteToFiles("out/orders/", "parquet", num_shards=4)  # doctest: +SKIP
+        >>> batches | WriteToFiles("out/report.csv", "csv", single_file=True)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str,
+        format: str,
+        *,
+        mode: str = "overwrite",
+        num_shards: int | None = None,
+        single_file: bool = False,
+        compression: str | None = None,
+        name: str | None = None,
+        run_id: str | None = None,
+        **options: Any,
+    ):
+        super().__init__()
+        if format not in fmt.WRITE_FORMATS:
+            raise ValueError(f"cannot write format '{format}'; use one of {', '.join(fmt.WRITE_FORMATS)}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"path must be a non-empty string, got {path!r}")
+        if num_shards is not None and num_shards <= 0:
+            raise ValueError(f"num_shards must be positive, got {num_shards}")
+        if single_file and num_shards not in (None, 1):
+            raise ValueError("single_file writes one file; drop num_shards or set it to 1")
+        if single_file and path.endswith("/"):
+            raise ValueError(f"single_file needs a file name, got the directory '{path}'")
+        if single_file and mode == "append":
+            raise ValueError("append adds new files next to old ones; it needs a directory path, not single_file")
+        fmt.check_compression(format, compression)
+        unknown = sorted(set(options) - set(FORMAT_OPTIONS[format]))
+        if unknown:
+            allowed = FORMAT_OPTIONS[format]
+            raise ValueError(
+                f"unknown option(s) {', '.join(unknown)} for {format} sinks; "
+                f"{format} accepts {', '.join(allowed) if allowed else 'no options'} besides mode, num_shards, single_file, compression"
+            )
+        if format == "csv" and len(options.get("delimiter", ",")) != 1:
+            raise ValueError(f"delimiter must be one character, got {options.get('delimiter')!r}")
+        token = uuid.uuid4().hex[:12]
+        self._target = _Target(
+            path=path,
+            format=format,
+            mode=mode,
+            single_file=single_file,
+            compression=compression,
+            run_id=run_id or token,
+            token=token,
+        )
+        self._num_shards = 1 if single_file else num_shards
+        self._options = {**options, "compression": compression}
+        self._name = name or os.path.basename(path.rstrip("/")) or "files"
+
+    def expand(self, pcoll: PCollection) -> StepOutputs:
+        check_target(self._target, self._name)
+        if self._num_shards:
+            results = (
+                pcoll
+                | "shard" >> beam.ParDo(_AssignShardFn(self._num_shards)).with_output_types(beam.typehints.KV[int, pa.RecordBatch])
+                | "group" >> beam.GroupByKey()
+                | "write" >> beam.ParDo(_WriteShardFn(self._target, self._options, self._name)).with_outputs("dlq", main="main")
+            )
+        else:
+            results = pcoll | "write" >> beam.ParDo(_WriteBundleFn(self._target, self._options, self._name)).with_outputs(
+                "dlq", main="main"
+            )
+        results.dlq.element_type = pa.RecordBatch
+        written = (
+            pcoll.pipeline
+            | "once" >> beam.Create([None])
+            | "finalize" >> beam.ParDo(_FinalizeFn(self._target), AsList(results.main))
+        )
+        return StepOutputs(main=written, dlq=results.dlq)
