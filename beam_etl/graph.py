@@ -73,6 +73,7 @@ def build_graph(
     job_id: str = "local",
     output_dir: str = ".",
     progress_tap: beam.DoFn | None = None,
+    state_url: str | None = None,
 ) -> BuiltGraph:
     """Add the spec's sources, steps, sinks and DLQ to ``pipeline``.
 
@@ -103,6 +104,8 @@ def build_graph(
             output_dir=output_dir,
             input_schemas=list(input_schemas),
             lifecycle=lifecycle,
+            pipeline_name=spec.name,
+            state_url=state_url,
         )
 
     def collect(name: str, result: StepOutputs | PCollection | None) -> None:

@@ -61,6 +61,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.io.inline",
     "beam_etl.io.rest",
     "beam_etl.io.streams",
+    "beam_etl.io.sql",
 )
 
 

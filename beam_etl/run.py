@@ -124,6 +124,7 @@ def run_spec(
             job_id=run_id,
             output_dir=output_dir,
             progress_tap=progress.tap() if progress is not None else None,
+            state_url=state_url,
         )
         if progress is not None:
             result = progress.watch(pipeline.run)
@@ -150,6 +151,15 @@ def run_spec(
             graph.lifecycle.finish(succeeded=status == "succeeded" and summary.get("balanced", False))
         except Exception as exc:
             status, error = "failed", f"after the run: {_root_message(exc)}"
+        scratch = graph.lifecycle.scratch_dir
+        if scratch and "://" not in scratch:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                os.rmdir(os.path.dirname(scratch))  # the _beam_etl_scratch folder, if now empty
+            except OSError:
+                pass
     seconds = time.monotonic() - started
     summary.update(
         {

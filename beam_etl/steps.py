@@ -91,6 +91,8 @@ class BuildContext:
     output_dir: str = "."
     input_schemas: list[pa.Schema | None] = field(default_factory=list)
     lifecycle: "RunLifecycle | None" = None
+    pipeline_name: str = ""
+    state_url: str | None = None
 
     def label(self, suffix: str = "") -> str:
         """A unique, readable Beam transform label for this entry."""
