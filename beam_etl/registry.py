@@ -62,6 +62,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.io.rest",
     "beam_etl.io.streams",
     "beam_etl.io.sql",
+    "beam_etl.io.cdc",
 )
 
 

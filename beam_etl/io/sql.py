@@ -439,15 +439,15 @@ class SqlSink(SinkModel):
     type: Literal["postgres", "mysql"]
     url: str
     table: str
-    mode: Literal["insert", "upsert", "replace"] = "insert"
+    mode: Literal["insert", "upsert", "replace", "cdc_apply"] = "insert"
     key: list[str] = Field(default_factory=list)
     create_table: bool = False
     commit_rows: int = Field(default=10_000, ge=1)
 
     @model_validator(mode="after")
     def _upsert_needs_key(self) -> "SqlSink":
-        if self.mode == "upsert" and not self.key:
-            raise ValueError("mode: upsert needs key: [columns] (the conflict target)")
+        if self.mode in ("upsert", "cdc_apply") and not self.key:
+            raise ValueError(f"mode: {self.mode} needs key: [columns] (the conflict target)")
         return self
 
 
@@ -527,7 +527,37 @@ def create_table(db: Database, table: str, schema: pa.Schema, key: Sequence[str]
         connection.commit()
 
 
+#: Columns of a change stream (beam_etl.io.cdc) that are not columns of the target table.
+_CDC_COLUMNS = ("op", "schema_name", "table_name", "before", "after", "position", "commit_ts")
+
+
+def apply_changes(db: Database, connection, table: str, chunk: pa.RecordBatch, spec: SqlSink) -> None:
+    """mode cdc_apply: the last change per key wins; inserts/updates upsert, deletes delete.
+
+    The input is a flattened change stream (``flatten: true`` on the CDC source). Order is
+    the order of rows within the batch (the source emits changes in log order).
+    """
+    ops = chunk.column("op").to_pylist()
+    data = chunk.select([n for n in chunk.schema.names if n not in _CDC_COLUMNS])
+    rows = data.to_pylist()
+    last: dict[tuple, tuple[str, dict]] = {}
+    for op, row in zip(ops, rows):  # per-row by nature: changes apply in order
+        last[tuple(row[k] for k in spec.key)] = (op, row)
+    upserts = [row for op, row in last.values() if op != "delete"]
+    deletes = [key for key, (op, _) in last.items() if op == "delete"]
+    if upserts:
+        write_rows(db, connection, table, pa.RecordBatch.from_pylist(upserts, schema=data.schema), spec.model_copy(update={"mode": "upsert"}))
+    if deletes:
+        cursor = connection.cursor()
+        condition = " AND ".join(f"{db.quote(k)} = %s" for k in spec.key)
+        cursor.executemany(f"DELETE FROM {db.quote(table)} WHERE {condition}", deletes)
+        cursor.close()
+
+
 def write_rows(db: Database, connection, table: str, chunk: pa.RecordBatch, spec: SqlSink) -> None:
+    if spec.mode == "cdc_apply":
+        apply_changes(db, connection, table, chunk, spec)
+        return
     names = chunk.schema.names
     quoted = [db.quote(n) for n in names]
     # Drivers take Python tuples: rows leave Arrow here, at the edge (DESIGN §3).
