@@ -5,7 +5,8 @@ A read is three steps (DESIGN §3, §9):
 1. ``_ExpandFn`` matches the path (a file, a directory or a glob, through Beam's
    ``FileSystems`` so ``s3://`` and ``gs://`` work once configured) and cuts every file into
    descriptors: ~8 MiB byte ranges for CSV/NDJSON (aligned to line starts when read; the CSV
-   header is read once and re-applied to every range), groups of row groups for Parquet,
+   header is read once and re-applied to every range), row groups for Parquet (small ones
+   bundled up to the same size),
    whole files for Avro, Excel, JSON arrays and compressed text.
 2. ``Reshuffle`` spreads only these small descriptors over workers — never whole batches.
 3. ``_ReadSplitFn`` parses each descriptor vectorized (``pyarrow.csv``, ``pyarrow.json``,
@@ -70,10 +71,6 @@ FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
     "avro": (),
     "excel": ("sheet", "header", "skip_rows"),
 }
-
-#: Parquet row groups are bundled into one descriptor up to this many uncompressed bytes.
-_PARQUET_SPLIT_BYTES = 64 << 20
-
 
 # --------------------------------------------------------------------------- matching
 
@@ -243,7 +240,7 @@ class _ExpandFn(beam.DoFn):
             group_bytes, first_row, rows_so_far = 0, 0, 0
             for index in range(meta.num_row_groups):
                 row_group = meta.row_group(index)
-                if group and group_bytes + row_group.total_byte_size > _PARQUET_SPLIT_BYTES:
+                if group and group_bytes + row_group.total_byte_size > config.split_bytes:
                     yield _Split(path, "parquet", row_groups=tuple(group), first_row=first_row)
                     group, group_bytes, first_row = [], 0, rows_so_far
                 group.append(index)
@@ -638,7 +635,8 @@ class ReadFromFiles(beam.PTransform):
             (or its footer/header), and are coerced the same way.
         batch_rows: at most this many rows per output batch.
         name: the source name (counters, DLQ ``step``); defaults to the path's base name.
-        split_bytes: byte-range size large text files are split into.
+        split_bytes: byte-range size large text files are split into; Parquet row groups
+            are bundled into one work item up to this many (uncompressed) bytes.
         **options: per format — csv: ``delimiter``, ``quote``, ``header``, ``encoding``,
             ``null_values``, ``skip_rows``, ``split`` (see :class:`CsvOptions`; files whose
             quoted values contain newlines need ``split=False``); json: ``records_path``

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import uuid
@@ -135,6 +136,33 @@ class _TempFile:
     rows: int
 
 
+class _WriteStream(io.RawIOBase):
+    """A plain writable stream over Beam's file objects (its compressed files lack what
+    pyarrow's writers check: ``closed``, ``tell``)."""
+
+    def __init__(self, raw: Any):
+        super().__init__()
+        self._raw = raw
+        self._position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        self._raw.write(data)
+        self._position += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
 class _FileSet:
     """The temp files one worker writes: one open file at a time, a new one when the schema changes."""
 
@@ -174,7 +202,7 @@ class _FileSet:
             fitted = batch
         if self._writer is None:
             self._path = FileSystems.join(self._target.temp_dir, uuid.uuid4().hex + self._target.extension)
-            stream = FileSystems.create(self._path, compression_type=self._target.stream_compression)
+            stream = _WriteStream(FileSystems.create(self._path, compression_type=self._target.stream_compression))
             self._writer = self._writer_cls(stream, fitted.schema, self._options)
         self._writer.write(fitted)
         return None
@@ -328,9 +356,10 @@ class WriteToFiles(beam.PTransform):
             files; old files are deleted only after the new ones are in place), ``append``
             (new files named with ``run_id`` next to the old), or ``error_if_exists``
             (raise :class:`~beam_etl.errors.SinkError` at build time if the target has files).
-        num_shards: exactly this many files (batches are shuffled to shards); default one
-            file per bundle, without a shuffle. A batch whose schema differs from its file's
-            starts a new file, so drifting schemas can add files.
+        num_shards: at most this many files (batches are shuffled round robin to shards; a
+            shard that receives no batch writes no file); default one file per bundle,
+            without a shuffle. A batch whose columns differ from its file's starts a new
+            file, so drifting schemas can add files.
         single_file: write one file named ``path`` (implies ``num_shards=1``).
         compression: csv/ndjson/json: ``gzip``, ``bzip2``, ``zstd``, ``deflate``;
             parquet: ``snappy`` (default), ``zstd``, ``gzip``, ``brotli``, ``lz4``, ``none``;
