@@ -45,6 +45,7 @@ __all__ = [
     "WRITE_FORMATS",
     "DEFAULT_SPLIT_BYTES",
     "CsvOptions",
+    "Recoded",
     "Rejects",
     "parse_csv_chunk",
     "parse_ndjson_chunk",
@@ -300,6 +301,36 @@ def _clean_chunk(
 
 
 # --------------------------------------------------------------------------- CSV
+
+
+class Recoded(io.RawIOBase):
+    """A read-only stream of UTF-8 bytes from a stream in a non-ASCII-compatible encoding (utf-16...)."""
+
+    def __init__(self, stream: IO[bytes], encoding: str):
+        self._stream = stream
+        self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+        self._pending = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        while not self._eof and (size < 0 or len(self._pending) < size):
+            raw = self._stream.read(1 << 20 if size < 0 else max(size, 1 << 16))
+            self._eof = not raw
+            self._pending += self._decoder.decode(raw, final=self._eof).encode("utf-8")
+        if size < 0:
+            out, self._pending = self._pending, b""
+        else:
+            out, self._pending = self._pending[:size], self._pending[size:]
+        return out
+
+    def close(self) -> None:
+        self._stream.close()
+        super().close()
+
+
 
 
 def _dedupe_names(names: Sequence[str]) -> list[str]:
@@ -1267,14 +1298,22 @@ def sample_schema(
             return _strings_for_nulls(batch.schema)
     if fmt == "csv":
         options = csv_options or CsvOptions()
-        with open_fn(path, compressed=True) as handle:
-            names, offset, _ = read_csv_header(handle, options)
+        text_options = options
+        if not options.ascii_compatible:  # utf-16 & co: parse the UTF-8 recoding
+            text_options = CsvOptions(**{**options.__dict__, "encoding": "utf-8"})
+
+        def open_text():
+            handle = open_fn(path, compressed=True)
+            return handle if options.ascii_compatible else Recoded(handle, options.encoding)
+
+        with open_text() as handle:
+            names, offset, _ = read_csv_header(handle, text_options)
         if not names:
             return None
-        with open_fn(path, compressed=True) as handle:
+        with open_text() as handle:
             _skip(handle, offset)
             sample = handle.read(SAMPLE_BYTES)
-        return infer_csv_schema(sample, names, options)
+        return infer_csv_schema(sample, names, text_options)
     if fmt in ("json", "ndjson"):
         with open_fn(path, compressed=True) as handle:
             layout = "lines" if fmt == "ndjson" else detect_json_layout(handle)

@@ -120,34 +120,6 @@ def _is_compressed(path: str) -> bool:
     return CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED
 
 
-class _Recoded(io.RawIOBase):
-    """A read-only stream of UTF-8 bytes from a stream in a non-ASCII-compatible encoding (utf-16...)."""
-
-    def __init__(self, stream: IO[bytes], encoding: str):
-        self._stream = stream
-        self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-        self._pending = b""
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._pending) < size):
-            raw = self._stream.read(1 << 20 if size < 0 else max(size, 1 << 16))
-            self._eof = not raw
-            self._pending += self._decoder.decode(raw, final=self._eof).encode("utf-8")
-        if size < 0:
-            out, self._pending = self._pending, b""
-        else:
-            out, self._pending = self._pending[:size], self._pending[size:]
-        return out
-
-    def close(self) -> None:
-        self._stream.close()
-        super().close()
-
-
 # --------------------------------------------------------------------------- descriptors
 
 
@@ -254,7 +226,7 @@ class _ExpandFn(beam.DoFn):
 
 def _open_text(path: str, options: CsvOptions) -> IO[bytes]:
     handle = _open(path)
-    return handle if options.ascii_compatible else _Recoded(handle, options.encoding)
+    return handle if options.ascii_compatible else fmt.Recoded(handle, options.encoding)
 
 
 def _text_options(options: CsvOptions) -> CsvOptions:

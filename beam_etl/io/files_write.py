@@ -333,7 +333,13 @@ class _FinalizeFn(beam.DoFn):
 
 
 def check_target(target: _Target, name: str) -> None:
-    """Raise :class:`SinkError` for ``error_if_exists`` when the target already has files."""
+    """Raise :class:`SinkError` before the run when the target cannot be written as asked:
+    ``error_if_exists`` and the target has files, or a directory target that is a file."""
+    if not target.single_file and "://" not in target.path and os.path.isfile(target.path):
+        raise SinkError(
+            f"sink '{name}': '{target.path}' is a file, but this sink writes a directory of shards; "
+            "give a directory path, or set single_file: true to write one file"
+        )
     if target.mode != "error_if_exists":
         return
     existing = target.existing_files()

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.util import assert_that
 
 from beam_etl import registry
 from beam_etl.errors import SinkError, SourceError
@@ -65,6 +66,11 @@ def counters(result, kind: str, name: str) -> dict[str, int]:
 
 def read_ndjson_dir(path: Path) -> list[dict]:
     return [json.loads(line) for f in sorted(path.glob("*.ndjson")) for line in f.read_text().splitlines() if line]
+
+
+def _at_most(sizes, limit):
+    if not sizes or max(sizes) > limit:
+        raise AssertionError(f"batch sizes {sorted(sizes)[-3:]} exceed {limit}")
 
 
 def temp_leftovers(root: Path) -> list[str]:
@@ -148,6 +154,14 @@ def inputs(tmp_path_factory) -> dict:
     with open(root / "events.avro", "wb") as handle:
         fastavro.writer(handle, avro_schema, avro_rows, sync_interval=512)
 
+    notes = [(i, f"line one {i}\nline two, \"quoted\"" if i % 5 == 0 else f"plain {i}") for i in range(200)]
+    text = "id,note\n" + "".join(f'{i},"{n.replace(chr(34), chr(34) * 2)}"\n' for i, n in notes) + "bad,row,extra\n"
+    (root / "notes.csv").write_text(text)
+    with gzip.open(root / "notes.csv.gz", "wt") as handle:
+        handle.write(text)
+    (root / "latin1.csv").write_bytes(("id,name\n" + "".join(f"{i},café {i}\n" for i in range(300))).encode("latin-1"))
+    (root / "utf16.csv").write_bytes(("id,name\n" + "".join(f"{i},ü {i}\n" for i in range(50))).encode("utf-16"))
+
     workbook = openpyxl.Workbook()
     sheet = workbook.active
     sheet.title = "Budget"
@@ -158,7 +172,7 @@ def inputs(tmp_path_factory) -> dict:
     sheet.append([None, None, None])
     sheet.append(["misc", "n/a", dt.datetime(2024, 1, 3)])
     workbook.save(root / "budget.xlsx")
-    return {"root": root, "csv_bad_at": bad_at, "parquet": table, "avro": avro_rows}
+    return {"root": root, "csv_bad_at": bad_at, "parquet": table, "avro": avro_rows, "notes": notes}
 
 
 # --------------------------------------------------------------------------- reading
@@ -181,13 +195,19 @@ def read_run(inputs, tmp_path_factory):
         "customers": p | "customers" >> ReadFromFiles(str(root / "customers.json"), "json", schema=DEMO_SCHEMA, name="customers"),
         "avro": p | "avro" >> ReadFromFiles(str(root / "events.avro"), "avro", name="avro", batch_rows=64),
         "excel": p | "excel" >> ReadFromFiles(str(root / "budget.xlsx"), "excel", skip_rows=1, schema={"cost": "float64"}, name="excel"),
+        "notes": p | "notes" >> ReadCsv(str(root / "notes.csv"), split=False, split_bytes=500, schema={"id": "int64"}, name="notes"),
+        "notes_gz": p | "notes_gz" >> ReadCsv(str(root / "notes.csv.gz"), split=False, split_bytes=300, schema={"id": "int64"}, name="notes_gz"),
+        "latin1": p | "latin1" >> ReadCsv(str(root / "latin1.csv"), encoding="latin-1", split_bytes=100, name="latin1"),
+        "utf16": p | "utf16" >> ReadCsv(str(root / "utf16.csv"), encoding="utf-16", name="utf16"),
     }
-    sizes = {}
+    limits = {"orders": 1000, "orders_split": 700, "parquet": 300, "avro": 64}
     for name, outputs in reads.items():
         assert isinstance(outputs, StepOutputs)
+        if name in limits:  # batches never exceed batch_rows
+            sizes = outputs.main | f"size_{name}" >> beam.Map(lambda b: b.num_rows)
+            assert_that(sizes, lambda got, limit=limits[name]: _at_most(got, limit), label=f"bounded_{name}")
         outputs.main | f"w_{name}" >> WriteToFiles(str(out / name), "parquet", name=f"out_{name}")
         outputs.dlq | f"d_{name}" >> WriteToFiles(str(out / f"{name}_dlq"), "ndjson", name=f"dlq_{name}")
-        sizes[name] = outputs.main | f"size_{name}" >> beam.Map(lambda b: b.num_rows)
     result = p.run()
     result.wait_until_finish()
     return result, out
@@ -232,6 +252,20 @@ def test_csv_is_split_into_ranges_and_batches_are_bounded(inputs):
     size = (inputs["root"] / "orders.csv").stat().st_size
     assert len(splits) == -(-(size - len(b"id,name,amount,day\n")) // 4096) > 20
     assert all(s.names == ("id", "name", "amount", "day") for s in splits)
+
+
+def test_csv_quoted_newlines_compressed_and_other_encodings(inputs, read_run):
+    _, out = read_run
+    root = inputs["root"]
+    for name, file in [("notes", "notes.csv"), ("notes_gz", "notes.csv.gz")]:
+        rows = pq.read_table(out / name).sort_by("id").to_pylist()
+        assert [(r["id"], r["note"]) for r in rows] == inputs["notes"], name
+        (dlq,) = read_ndjson_dir(out / f"{name}_dlq")
+        # 1 header + 200 rows + 40 continuation lines: the bad row is line 242
+        assert (dlq["source"], dlq["error_type"], dlq["record"]) == (f"{root / file}:242", "csv.parse", "bad,row,extra")
+    latin = pq.read_table(out / "latin1").sort_by("id")
+    assert latin.column("name").to_pylist() == [f"café {i}" for i in range(300)]
+    assert pq.read_table(out / "utf16").sort_by("id").column("name").to_pylist() == [f"ü {i}" for i in range(50)]
 
 
 def test_ndjson_directory_with_gzip_and_bad_lines(inputs, read_run):
@@ -360,6 +394,8 @@ def test_modes_overwrite_append_single_file_and_error_if_exists(tmp_path):
     with pytest.raises(SinkError, match=r"already has files .*error_if_exists; remove them"):
         batches | "exists" >> WriteToFiles(str(over), "parquet", mode="error_if_exists")
     batches | "fresh" >> WriteToFiles(str(tmp_path / "fresh"), "parquet", mode="error_if_exists")  # empty target: fine
+    with pytest.raises(SinkError, match="is a file"):
+        batches | "onfile" >> WriteToFiles(str(tmp_path / "in.parquet"), "parquet")
 
 
 def test_sink_rows_avro_cannot_hold_go_to_dlq(tmp_path):
@@ -417,7 +453,7 @@ def test_corrupt_files_found_while_running_name_the_file(tmp_path):
     data = (tmp_path / "good.avro").read_bytes()
     (tmp_path / "cut.avro").write_bytes(data[: len(data) - 3000])  # header intact, last block cut
     for path, fmt, pattern in [
-        (tmp_path / "pq" / "*.parquet", "parquet", r"b\.parquet"),
+        (tmp_path / "pq" / "*.parquet", "parquet", r"cannot read Parquet file '.*pq/b\.parquet'"),
         (tmp_path / "cut.avro", "avro", r"cannot read Avro file '.*cut\.avro'"),
     ]:
         with pytest.raises(Exception, match=pattern):
