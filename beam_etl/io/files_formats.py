@@ -392,7 +392,9 @@ def _row_lines(
                     counts = pc.fill_null(pc.count_substring(column, "\n"), 0)
                     extra += counts.to_numpy(zero_copy_only=False).astype(np.int64)
             spans[~is_invalid] += extra
-        spans[is_invalid] += np.array([text.count("\n") for text in invalid_texts], dtype=np.int64)[: is_invalid.sum()]
+        for ordinal, text in zip(invalid_ordinals, invalid_texts):
+            if ordinal < total:
+                spans[ordinal] += text.count("\n")
         starts = np.cumsum(spans) - spans
     if len(nonempty) == 0:
         lines = np.zeros(total, dtype=np.int64)
@@ -458,9 +460,8 @@ def parse_csv_chunk(
     n_parsed = parsed.num_rows if parsed is not None else 0
     exact = options.split and n_parsed + len(invalid) == len(nonempty)
     invalid_ordinals = [number - 1 if number is not None else 0 for number, _, _ in invalid]
-    need_lines = bool(invalid) or not exact
     parsed_lines = invalid_lines = None
-    if need_lines:
+    if invalid:  # line numbers are worked out only for chunks with rejects
         parsed_lines, invalid_lines = _row_lines(original, invalid_ordinals, parsed, [t for _, _, t in invalid], exact)
         for (_, message, text), line in zip(invalid, invalid_lines.tolist()):
             rejects.add(line, "csv.parse", message, text)
@@ -937,6 +938,8 @@ class JsonArrayReader:
             while True:
                 try:
                     value, end = self._json.raw_decode(self._buf, pos)
+                    if end == len(self._buf) and self._more():
+                        continue  # a number cut at the block end: decode again with more text
                     break
                 except json.JSONDecodeError as exc:
                     if len(self._buf) - pos > self._max or not self._more():

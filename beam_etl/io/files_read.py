@@ -237,12 +237,24 @@ def _text_options(options: CsvOptions) -> CsvOptions:
 # --------------------------------------------------------------------------- text chunks
 
 
+def _read_exactly(handle: IO[bytes], size: int) -> bytes:
+    """``size`` bytes or up to EOF (remote file objects may return short reads)."""
+    parts, remaining = [], size
+    while remaining > 0:
+        block = handle.read(remaining)
+        if not block:
+            break
+        parts.append(block)
+        remaining -= len(block)
+    return b"".join(parts)
+
+
 def _read_range(path: str, start: int, end: int) -> tuple[bytes, int]:
     """The whole lines that start in ``[start, end)`` and the offset of the first one."""
     with _open(path, compressed=False) as handle:
         seek_to = max(start - 1, 0)
         handle.seek(seek_to)
-        buffer = handle.read(end - seek_to)
+        buffer = _read_exactly(handle, end - seek_to)
         if start > 0:
             newline = buffer.find(b"\n")
             while newline < 0:
@@ -363,17 +375,18 @@ class _ReadSplitFn(beam.DoFn):
 
     # -- text
 
-    def _text_chunks(self, split: _Split, quote: str | None, options: CsvOptions | None) -> Iterator[tuple[bytes, int]]:
-        """(chunk, lines before it) for a byte range or a sequential read."""
+    def _text_chunks(
+        self, split: _Split, quote: str | None, options: CsvOptions | None
+    ) -> Iterator[tuple[bytes, int | None, int]]:
+        """(chunk, lines before it or None when not yet counted, its byte offset)."""
         if split.end is not None:
             data, aligned = _read_range(split.path, split.start, split.end)
             if not data:
                 return
             if split.layout == "lines" and aligned == 0 and data.startswith(codecs.BOM_UTF8):
                 data = data[3:]
-            known = split.lines_before if aligned == split.start else None
-            # lines before the range are counted lazily (only if something is rejected)
-            yield data, known if known is not None else -1 - aligned
+            # Lines before a range are counted only if the range rejects something.
+            yield data, split.lines_before if aligned == split.start else None, aligned
             return
         handle = _open_text(split.path, options) if options is not None else _open(split.path)
         with handle:
@@ -384,30 +397,27 @@ class _ReadSplitFn(beam.DoFn):
                 if first and split.layout == "lines" and chunk.startswith(codecs.BOM_UTF8):
                     chunk = chunk[3:]
                 first = False
-                yield chunk, lines
+                yield chunk, lines, -1
                 lines += chunk.count(b"\n")
-
-    def _first_line(self, split: _Split, lines_before: int) -> int:
-        if lines_before < 0:  # encoded offset of a range start: count now
-            lines_before = _count_newlines(split.path, -1 - lines_before)
-        return lines_before + 1
 
     def _csv(self, split: _Split):
         options = _text_options(self._config.csv)
         quote = options.quote if not options.split else None
-        for chunk, lines_before in self._text_chunks(split, quote, self._config.csv):
+        for chunk, lines_before, offset in self._text_chunks(split, quote, self._config.csv):
             batch, rejects = fmt.parse_csv_chunk(chunk, split.names, options, self._target, self._declared)
-            yield batch, self._dlq(split, rejects, lines_before)
+            yield batch, self._dlq(split, rejects, lines_before, offset)
 
     def _lines(self, split: _Split):
-        for chunk, lines_before in self._text_chunks(split, None, None):
+        for chunk, lines_before, offset in self._text_chunks(split, None, None):
             batch, rejects = fmt.parse_ndjson_chunk(chunk, self._target, self._declared)
-            yield batch, self._dlq(split, rejects, lines_before)
+            yield batch, self._dlq(split, rejects, lines_before, offset)
 
-    def _dlq(self, split: _Split, rejects: Rejects, lines_before: int) -> list[pa.RecordBatch]:
+    def _dlq(self, split: _Split, rejects: Rejects, lines_before: int | None, offset: int) -> list[pa.RecordBatch]:
         if not len(rejects):
             return []
-        return rejects.to_dlq(step=self._source, path=split.path, first=self._first_line(split, lines_before))
+        if lines_before is None:
+            lines_before = _count_newlines(split.path, offset)
+        return rejects.to_dlq(step=self._source, path=split.path, first=lines_before + 1)
 
     # -- row formats
 
@@ -455,13 +465,14 @@ class _ReadSplitFn(beam.DoFn):
         columns = list(self._config.columns) if self._config.columns else None
         row = split.first_row
         try:
-            handle = _open(split.path, compressed=False)
-            parquet = pq.ParquetFile(handle)
-            batches = parquet.iter_batches(batch_size=self._batch_rows, row_groups=list(split.row_groups), columns=columns, use_threads=False)
-            for batch in batches:
-                yield self._coerced(batch, split.path, row, "row")
-                row += batch.num_rows
-            handle.close()
+            with _open(split.path, compressed=False) as handle:
+                parquet = pq.ParquetFile(handle)
+                batches = parquet.iter_batches(
+                    batch_size=self._batch_rows, row_groups=list(split.row_groups), columns=columns, use_threads=False
+                )
+                for batch in batches:
+                    yield self._coerced(batch, split.path, row, "row")
+                    row += batch.num_rows
         except (OSError, pa.ArrowException, ValueError) as exc:
             raise _source_error(split.path, "Parquet", exc) from exc
 
@@ -497,9 +508,10 @@ class _ReadSplitFn(beam.DoFn):
     def _excel(self, split: _Split):
         config = self._config
         try:
-            with _open(split.path, compressed=False) as handle:
-                data = io.BytesIO(handle.read())  # openpyxl needs a seekable zip; rows still stream
-            rows_iter = fmt.ExcelRows(data, sheet=config.sheet, header=config.header, skip_rows=config.skip_rows)
+            handle = _open(split.path, compressed=False)
+            if not (hasattr(handle, "seekable") and handle.seekable()):
+                handle = io.BytesIO(handle.read())  # openpyxl needs a seekable zip archive
+            rows_iter = fmt.ExcelRows(handle, sheet=config.sheet, header=config.header, skip_rows=config.skip_rows)
         except KeyError as exc:
             raise SourceError(f"cannot read Excel file '{split.path}': {exc.args[0]}") from exc
         except Exception as exc:
@@ -510,6 +522,7 @@ class _ReadSplitFn(beam.DoFn):
             chunk = list(itertools.islice(iterator, self._batch_rows))  # per row: openpyxl yields cells
             if not chunk:
                 rows_iter.close()
+                handle.close()
                 return
             rejects = Rejects()
             batch = self._rows([values for _, values in chunk], [number for number, _ in chunk], rejects)

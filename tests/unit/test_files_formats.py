@@ -185,6 +185,12 @@ def test_json_array_reader_streams_elements_with_lines():
     ]
 
 
+def test_json_array_reader_does_not_cut_values_at_block_ends():
+    items = list(JsonArrayReader(io.BytesIO(b'[{"a":1}, 12345, {"b":2}]'), block_bytes=13))
+    assert [(i.value, i.error_type) for i in items] == [({"a": 1}, None), (None, "json.parse"), ({"b": 2}, None)]
+    assert "12345" in items[1].text
+
+
 @pytest.mark.parametrize(
     "data,error",
     [
