@@ -36,9 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 
-from beam_etl.batch import rows_as_json
-from beam_etl.dlq import dlq_batch
-from beam_etl.steps import isolate_row_errors
+# beam_etl.batch / dlq / steps import Beam: they are imported where used, so spec
+# validation (CsvOptions, known_schema) stays free of the ~3 s Beam import.
 
 __all__ = [
     "READ_FORMATS",
@@ -173,6 +172,8 @@ class Rejects:
 
     def to_dlq(self, *, step: str, path: str, first: int = 1, unit: str = "") -> list[pa.RecordBatch]:
         """DLQ batches (one per error type), ``source`` = ``path:[unit ]<first + position>``."""
+        from beam_etl.dlq import dlq_batch
+
         out = []
         prefix = f"{unit} " if unit else ""
         for error_type in dict.fromkeys(self.error_types):
@@ -496,6 +497,8 @@ def _reject_rows(
     parse_error_type: str | None = None,
 ) -> None:
     """Record rows of ``batch`` as rejects, their original values as JSON in ``record``."""
+    from beam_etl.batch import rows_as_json
+
     indices = sorted(bad_rows)
     records = rows_as_json(batch.take(pa.array(indices, type=pa.int64()))).to_pylist()
     for index, record in zip(indices, records):
@@ -637,6 +640,8 @@ def coerce_batch(
     """
     if target is None:
         return batch, {}
+    from beam_etl.steps import isolate_row_errors
+
     declared = frozenset(declared)
     arrays, fields, errors = [], [], {}
     for target_field in target:
