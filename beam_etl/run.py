@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import time
 import uuid
@@ -117,6 +118,8 @@ def run_spec(
     status, error, summary = "succeeded", None, {"steps": [], "balanced": False, "dlq_rows": 0, "dlq_reasons": []}
     graph = None
     try:
+        # Build errors (a sink that refuses to overwrite, an unreachable broker while
+        # planning offsets) mean the run never started: they propagate to the caller.
         pipeline = beam.Pipeline(options=options)
         graph = build_graph(
             pipeline,
@@ -126,6 +129,12 @@ def run_spec(
             progress_tap=progress.tap() if progress is not None else None,
             state_url=state_url,
         )
+    except BeamEtlError as exc:
+        if store is not None:
+            store.finish_run(run_id, status="failed", summary=summary, error=str(exc))
+            store.close()
+        raise
+    try:
         if progress is not None:
             result = progress.watch(pipeline.run)
         else:
@@ -135,13 +144,6 @@ def run_spec(
         state = str(getattr(result, "state", "DONE"))
         if "FAIL" in state.upper() or "CANCEL" in state.upper():
             status, error = "failed", f"runner reported state {state}"
-    except BeamEtlError as exc:
-        if isinstance(exc, StepFailed) or "StepFailed" in type(exc).__name__:
-            status, error = "failed", str(exc)
-        else:
-            if store is not None:
-                store.finish_run(run_id, status="failed", summary=summary, error=str(exc))
-            raise
     except Exception as exc:  # a worker error surfaces as the runner's exception type
         status, error = "failed", _root_message(exc)
         log.debug("run failed", exc_info=True)
@@ -202,21 +204,29 @@ def _sink_path(model: Any, output_dir: str) -> str:
 
 
 def _root_message(exc: BaseException) -> str:
-    """The innermost useful message of a (possibly wrapped) worker exception, one line."""
-    seen = set()
+    """One line for a failed run: our own error if one is in the chain, else the innermost.
+
+    Beam wraps worker exceptions (with tracebacks, and a "[while running ...]" suffix); a
+    BeamEtlError (StepFailed, SourceError, ...) already says what and where, so it wins.
+    """
+    from beam_etl.errors import BeamEtlError
+
+    seen: set[int] = set()
     current: BaseException | None = exc
-    message = str(exc)
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, StepFailed):
-            return str(current)
-        text = str(current).strip()
-        if text:
-            message = text
+        if isinstance(current, BeamEtlError):
+            return _one_line(str(current))
         current = current.__cause__ or current.__context__
-    text = message.strip().splitlines()
-    # Beam wraps worker errors in long tracebacks; the StepFailed line is what users need.
-    for line in text:
-        if "failed:" in line and "step '" in line:
-            return line.strip()
-    return text[-1] if text else type(exc).__name__
+    text = str(exc)
+    # Remote runners hand back only text: find our error's line in it.
+    found = re.findall(r"beam_etl\.errors\.\w+: (.+)", text)
+    if found:
+        return _one_line(found[-1])
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return _one_line(lines[-1]) if lines else type(exc).__name__
+
+
+def _one_line(text: str) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return re.sub(r" \[while running '[^']*'\]$", "", first).strip()

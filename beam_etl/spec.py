@@ -337,7 +337,7 @@ def load_spec(
     producers = set(sources) | {step.name for step in steps}
     side_outputs = {f"{step.name}.{side}" for step in steps for side in _declared_sides(step)}
     known = producers | side_outputs
-    step_index = {step.name: index for index, step in enumerate(top.steps) if isinstance(step, dict) and "name" in step}
+    step_index = {step["name"]: index for index, step in enumerate(top.steps) if isinstance(step, dict) and "name" in step}
     graph: dict[str, set[str]] = {}
     for step in steps:
         index = step_index.get(step.name, 0)

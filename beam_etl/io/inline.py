@@ -17,7 +17,7 @@ import apache_beam as beam
 import pyarrow as pa
 from pydantic import Field
 
-from beam_etl.batch import rows_to_batch, split_batch
+from beam_etl.batch import align_to_schema, rows_to_batch, split_batch
 from beam_etl.models import SourceModel
 from beam_etl.registry import register_source
 from beam_etl.steps import BuildContext, StepCounters, StepOutputs
@@ -48,6 +48,14 @@ class _CountRows(beam.DoFn):
         yield batch
 
 
+def _typed_batch(rows: list[dict[str, Any]], schema: pa.Schema | None) -> pa.RecordBatch:
+    """Rows in the declared types; text like "2024-01-02" is cast the way Arrow casts it."""
+    try:
+        return rows_to_batch(rows, schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        return align_to_schema(rows_to_batch(rows), schema)
+
+
 class ReadInline(beam.PTransform):
     """Batches from a list of row dicts (kept small: the rows travel inside the graph).
 
@@ -58,7 +66,7 @@ class ReadInline(beam.PTransform):
     def __init__(self, name: str, rows: list[dict[str, Any]], schema: pa.Schema | None = None, batch_rows: int = 65_536):
         super().__init__()
         self._name = name
-        self._batches = list(split_batch(rows_to_batch(rows, schema), batch_rows)) if rows else []
+        self._batches = list(split_batch(_typed_batch(rows, schema), batch_rows)) if rows else []
 
     def expand(self, pbegin) -> StepOutputs:
         batches = (

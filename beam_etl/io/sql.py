@@ -108,17 +108,26 @@ class Database:
     def _open_pool(self):
         try:
             if self.dialect == "postgres":
+                import psycopg
                 from psycopg_pool import ConnectionPool
 
+                # One direct attempt first: a wrong password or an unreachable host fails now,
+                # with the server's own message, instead of after the pool's retry timeout.
+                psycopg.connect(_pg_conninfo(self.url), connect_timeout=10).close()
                 pool = ConnectionPool(_pg_conninfo(self.url), min_size=1, max_size=4, open=False, timeout=30)
                 pool.open(wait=True, timeout=15)
                 return pool
             import pymysql
             from dbutils.pooled_db import PooledDB
 
-            return PooledDB(pymysql, mincached=1, maxconnections=4, blocking=True, **_mysql_kwargs(self.url))
+            pymysql.connect(connect_timeout=10, **_mysql_kwargs(self.url)).close()  # fail fast, clearly
+            # failures=: DBUtils by default treats every OperationalError as a dropped
+            # connection and re-runs the statement on a new one; MariaDB reports CHECK
+            # violations as OperationalError, so the re-run would block on the first
+            # attempt's row locks. Only interface errors mean a dead connection.
+            return PooledDB(pymysql, mincached=1, maxconnections=4, blocking=True, failures=(pymysql.err.InterfaceError,), **_mysql_kwargs(self.url))
         except Exception as exc:
-            raise SourceError(f"'{self.name}': cannot connect to {redact_url(self.url)}: {_first_line(exc)}") from None
+            raise SourceError(f"{self.name}: cannot connect to {redact_url(self.url)}: {_first_line(exc)}") from None
 
     def connect(self):
         """A context manager yielding a pooled connection."""
@@ -154,8 +163,10 @@ class _MySqlConnection:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is not None:
-                self._connection.rollback()
+            # Always end the transaction before the connection goes back to the pool: a
+            # connection returned mid-transaction keeps its row locks and stalls the next
+            # writer until innodb_lock_wait_timeout (after a commit this is a no-op).
+            self._connection.rollback()
         finally:
             self._connection.close()  # back to the pool
         return False
@@ -234,14 +245,19 @@ def _base_select(db: Database, spec: SqlSource) -> str:
 # --------------------------------------------------------------------------- reading
 
 
-def _schema_from_description(dialect: str, description) -> pa.Schema:
+def _schema_from_description(dialect: str, description, mysql_fields=None) -> pa.Schema:
     fields = []
-    for column in description:
+    for index, column in enumerate(description):
         if dialect == "postgres":
             data_type = postgres_arrow_type(column.type_code, _pg_typmod(column))
         else:
             name, type_code, _, _, precision, scale, _ = column[:7]
-            data_type = mysql_arrow_type(type_code, precision, scale)
+            # The DB-API description hides charset and signedness; PyMySQL's field packets
+            # have them: charset 63 means binary (BLOB vs TEXT), flag 32 means UNSIGNED.
+            field = mysql_fields[index] if mysql_fields else None
+            binary = field is not None and getattr(field, "charsetnr", None) == 63
+            unsigned = field is not None and bool(getattr(field, "flags", 0) & 32)
+            data_type = mysql_arrow_type(type_code, precision, scale, binary=binary, unsigned=unsigned)
         fields.append(pa.field(column.name if dialect == "postgres" else column[0], data_type))
     return pa.schema(fields)
 
@@ -335,7 +351,7 @@ class _ReadRangeFn(beam.DoFn):
             cursor = connection.cursor(pymysql.cursors.SSCursor)  # unbuffered: streams rows
             try:
                 cursor.execute(sql, params)
-                schema = _schema_from_description("mysql", cursor.description)
+                schema = _schema_from_description("mysql", cursor.description, getattr(getattr(cursor, "_result", None), "fields", None))
                 while True:
                     rows = cursor.fetchmany(self._batch_rows)
                     if not rows:
@@ -510,8 +526,8 @@ def _is_data_error(exc: BaseException) -> bool:
         return True
     if isinstance(exc, (pymysql.err.IntegrityError, pymysql.err.DataError)):
         return True
-    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in (1048, 1264, 1265, 1292, 1366, 1406, 3819):
-        return True  # column cannot be null, out of range, truncated, incorrect value, too long, check
+    if isinstance(exc, pymysql.err.OperationalError) and exc.args and exc.args[0] in (1048, 1264, 1265, 1292, 1366, 1406, 3819, 4025):
+        return True  # not null, out of range, truncated, incorrect value, too long, check (MySQL 3819, MariaDB 4025)
     return False
 
 
