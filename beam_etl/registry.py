@@ -63,6 +63,9 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.io.streams",
     "beam_etl.io.sql",
     "beam_etl.io.cdc",
+    "beam_etl.io.kafka",
+    "beam_etl.io.rabbitmq",
+    "beam_etl.io.sqs",
 )
 
 
