@@ -58,13 +58,15 @@ Secrets: the URL may hold a password; it is never logged, and ``repr`` and every
 as ``***``.
 
 Example:
-    >>> store = StateStore("sqlite:///" + tmp + "/state.db")  # doctest: +SKIP
+    >>> import tempfile
+    >>> store = StateStore("sqlite:///" + tempfile.mkdtemp() + "/state.db")
     >>> run_id = store.start_run(spec_name="orders", spec_hash="ab12", runner="DirectRunner")
     >>> store.finish_run(run_id, status="succeeded", summary={"steps": [], "dlq_rows": 0})
     >>> with store.transaction():
     ...     store.set_watermark("orders", "db", {"value": "2024-05-01T00:00:00"}, run_id=run_id)
     >>> store.get_watermark("orders", "db")
     {'value': '2024-05-01T00:00:00'}
+    >>> store.close()
 """
 
 from __future__ import annotations
@@ -78,7 +80,6 @@ import logging
 import math
 import numbers
 import os
-import re
 import threading
 import uuid
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
@@ -101,6 +102,7 @@ __all__ = [
     "default_state_url",
     "redact_state_url",
     "migrate",
+    "state_engine",
     "schema_version",
     "add_column",
 ]
@@ -141,9 +143,6 @@ def default_state_url() -> str:
     return f"sqlite:///{os.path.join(folder, 'state.db')}"
 
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
-
-
 def redact_state_url(url: str | URL) -> str:
     """``url`` with its password shown as ``***`` (also for strings SQLAlchemy cannot parse).
 
@@ -155,8 +154,12 @@ def redact_state_url(url: str | URL) -> str:
         return url.render_as_string(hide_password=True)
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy parses: mask whatever sits between ':' and '@'
-        return _PASSWORD_IN_URL.sub(r"\1***@", str(url))
+    except Exception:  # not a URL SQLAlchemy parses: hide all the credentials (up to the last '@')
+        head, at, tail = str(url).rpartition("@")
+        if not at:
+            return str(url)
+        scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+        return f"{scheme}***@{tail}"
 
 
 def _normalize_url(url: URL) -> URL:
@@ -365,7 +368,8 @@ def migrate(engine: sa.Engine, migrations: Sequence[Migration] = MIGRATIONS) -> 
     and a failure leaves the database at its old version.
 
     Args:
-        engine: an engine from :class:`StateStore` (SQLite connections begin IMMEDIATE).
+        engine: from :func:`state_engine` (on SQLite, a plain engine would commit before each
+            DDL statement, so a failed upgrade could not roll back).
         migrations: the ordered list (versions 1, 2, 3, ... without gaps).
 
     Raises:
@@ -374,6 +378,8 @@ def migrate(engine: sa.Engine, migrations: Sequence[Migration] = MIGRATIONS) -> 
     versions = [m.version for m in migrations]
     if versions != list(range(1, len(versions) + 1)):
         raise ValueError(f"migration versions must be 1..n in order, got {versions}")
+    if engine.dialect.name == "sqlite" and not sa.event.contains(engine, "begin", _sqlite_on_begin):
+        raise ValueError("migrate a SQLite database through state_engine(url), not a plain sqlalchemy engine")
     target = versions[-1] if versions else 0
     where = redact_state_url(engine.url)
     with engine.connect() as conn:
@@ -431,27 +437,82 @@ def _count(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _sqlite_engine_events(engine: sa.Engine) -> None:
-    """WAL, a busy timeout, foreign keys, and our own BEGIN (IMMEDIATE unless a read)."""
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # pysqlite's own transaction handling BEGINs lazily (DEFERRED), not before reads, and
+    # commits before DDL; turn it off and emit BEGIN ourselves (the recipe in SQLAlchemy's docs).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA journal_mode = WAL")  # no-op for :memory:, which stays 'memory'
+    cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL except on power loss
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
 
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection, _record) -> None:
-        # pysqlite's own transaction handling would BEGIN lazily (DEFERRED) and not before
-        # reads; turn it off and emit BEGIN ourselves (the recipe in SQLAlchemy's docs).
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-        cursor.execute("PRAGMA journal_mode = WAL")  # no-op for :memory:, which stays 'memory'
-        cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL except on power loss
-        cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.close()
 
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: sa.Connection) -> None:
-        # IMMEDIATE takes the write lock up front: a transaction that reads then writes can
-        # never fail half-way with SQLITE_BUSY, it waits its turn (up to the busy timeout).
-        mode = conn.get_execution_options().get("beam_etl_sqlite_begin", "IMMEDIATE")
-        conn.exec_driver_sql(f"BEGIN {mode}")
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a transaction that reads then writes can never
+    # fail half-way with SQLITE_BUSY, it waits its turn (up to the busy timeout).
+    mode = conn.get_execution_options().get("beam_etl_sqlite_begin", "IMMEDIATE")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _scrub(text: str, password: str | None) -> str:
+    return text.replace(password, "***") if password else text
+
+
+def state_engine(url: str | None = None) -> sa.Engine:
+    """The SQLAlchemy engine the store uses: URL spellings fixed, SQLite in WAL mode with
+    transactional DDL and ``BEGIN IMMEDIATE`` writes, PostgreSQL with a connect timeout.
+
+    Args:
+        url: any SQLAlchemy URL; ``None`` means :func:`default_state_url`.
+
+    Raises:
+        StateStoreError: a malformed URL, a missing driver, or a SQLite folder that cannot be
+        created (no connection is made yet).
+
+    Example:
+        >>> migrate(state_engine("sqlite:///state.db"))  # doctest: +SKIP
+        3
+    """
+    raw = url if url else default_state_url()
+    try:
+        parsed = _normalize_url(make_url(raw))
+    except sa.exc.ArgumentError:
+        raise StateStoreError(
+            f"state store URL {redact_state_url(raw)} is not a SQLAlchemy URL; "
+            "use e.g. sqlite:///path/state.db or postgresql://user:pass@host/db"
+        ) from None
+    where, password = redact_state_url(parsed), parsed.password
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            folder = os.path.dirname(os.path.abspath(database))
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:
+                raise StateStoreError(
+                    f"cannot create the folder of the state store {where}: {exc.strerror}; "
+                    f"point --state-url / {STATE_URL_ENV} at a writable path"
+                ) from None
+    elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):
+        if "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds
+        kwargs["pool_pre_ping"] = True
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (sa.exc.NoSuchModuleError, ImportError) as exc:
+        raise StateStoreError(
+            f"state store {where}: no database driver for '{parsed.drivername}' "
+            f"({_scrub(_first_line(exc), password)}); install it or use another URL"
+        ) from None
+    except sa.exc.ArgumentError as exc:
+        raise StateStoreError(f"state store {where}: {_scrub(_first_line(exc), password)}") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, key: dict[str, Any], values: dict[str, Any]) -> None:
@@ -491,20 +552,11 @@ class StateStore:
     """
 
     def __init__(self, url: str | None = None):
-        raw = url if url else default_state_url()
-        try:
-            parsed = _normalize_url(make_url(raw))
-        except sa.exc.ArgumentError:
-            raise StateStoreError(
-                f"state store URL {redact_state_url(raw)} is not a SQLAlchemy URL; "
-                "use e.g. sqlite:///path/state.db or postgresql://user:pass@host/db"
-            ) from None
-        self._url = parsed
-        self._where = redact_state_url(parsed)
-        self._password = parsed.password
+        self._engine = state_engine(url)
+        self._where = redact_state_url(self._engine.url)
+        self._password = self._engine.url.password
         self._local = threading.local()
         self._closed = False
-        self._engine = self._create_engine(parsed)
         try:
             self._version = migrate(self._engine)
         except StateStoreError:
@@ -517,36 +569,6 @@ class StateStore:
                 f"check --state-url / {STATE_URL_ENV}"
             ) from None
         log.debug("state store open at %s (schema version %d)", self._where, self._version)
-
-    def _create_engine(self, url: URL) -> sa.Engine:
-        kwargs: dict[str, Any] = {}
-        if url.get_backend_name() == "sqlite":
-            database = url.database or ""
-            if database and database != ":memory:" and not database.startswith("file:"):
-                folder = os.path.dirname(os.path.abspath(database))
-                try:
-                    os.makedirs(folder, exist_ok=True)
-                except OSError as exc:
-                    raise StateStoreError(
-                        f"cannot create the folder of the state store {self._where}: {exc.strerror}; "
-                        f"point --state-url / {STATE_URL_ENV} at a writable path"
-                    ) from None
-        elif url.get_backend_name() == "postgresql" and url.get_driver_name() in ("psycopg", "psycopg2"):
-            if "connect_timeout" not in url.query:
-                kwargs["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds
-            kwargs["pool_pre_ping"] = True
-        try:
-            engine = sa.create_engine(url, **kwargs)
-        except (sa.exc.NoSuchModuleError, ImportError) as exc:
-            raise StateStoreError(
-                f"state store {self._where}: no database driver for '{url.drivername}' "
-                f"({self._scrub(_first_line(exc))}); install it or use another URL"
-            ) from None
-        except sa.exc.ArgumentError as exc:
-            raise StateStoreError(f"state store {self._where}: {self._scrub(_first_line(exc))}") from None
-        if engine.dialect.name == "sqlite":
-            _sqlite_engine_events(engine)
-        return engine
 
     # ----------------------------------------------------------------- plumbing
 
@@ -577,9 +599,7 @@ class StateStore:
             self._engine.dispose()
 
     def _scrub(self, text: str) -> str:
-        if self._password:
-            text = text.replace(str(self._password), "***")
-        return text
+        return _scrub(text, self._password)
 
     def _error(self, doing: str, exc: BaseException) -> StateStoreError:
         return StateStoreError(f"state store {self._where}: cannot {doing}: {self._scrub(_first_line(exc))}")
