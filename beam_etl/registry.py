@@ -57,6 +57,7 @@ PLUGIN_MODULES: tuple[str, ...] = (
     "beam_etl.transforms.dedupe",
     "beam_etl.quality.validate",
     "beam_etl.quality.clean",
+    "beam_etl.quality.coerce",
     "beam_etl.io.files",
     "beam_etl.io.inline",
     "beam_etl.io.rest",
