@@ -5,18 +5,27 @@ source "$(dirname "$0")/_lib.sh"
 apt_install mariadb-server
 
 CONF=/etc/mysql/mariadb.conf.d/99-beam-etl.cnf
-if [ ! -f "$CONF" ]; then
-  cat > "$CONF" <<'CONF'
+WANT=$(cat <<'CONF'
 [mysqld]
 bind-address = 127.0.0.1
 server_id = 1
 log_bin = /var/lib/mysql/mysql-bin
 binlog_format = ROW
 binlog_row_image = FULL
+binlog_row_metadata = FULL
 innodb_flush_log_at_trx_commit = 2
 CONF
+)
+RESTART=0
+if [ "$(cat "$CONF" 2>/dev/null)" != "$WANT" ]; then
+  printf '%s\n' "$WANT" > "$CONF"
+  RESTART=1
 fi
 mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+if [ "$RESTART" = 1 ] && mysqladmin ping --silent 2>/dev/null; then
+  mysqladmin shutdown  # pick up the changed settings
+  for _ in $(seq 1 30); do mysqladmin ping --silent 2>/dev/null || break; sleep 1; done
+fi
 if ! mysqladmin ping --silent 2>/dev/null; then
   (mysqld_safe >/tmp/beam-etl-mariadb.log 2>&1 &)
 fi

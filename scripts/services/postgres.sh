@@ -13,7 +13,7 @@ wal_level = logical
 max_replication_slots = 10
 max_wal_senders = 10
 fsync = off
-synchronous_commit = off
+# synchronous_commit stays on: logical decoding (CDC tests) only sees flushed WAL
 CONF
 fi
 if ! pg_ctlcluster 15 main status >/dev/null 2>&1; then
