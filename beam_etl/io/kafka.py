@@ -61,14 +61,9 @@ class KafkaSink(SinkModel, MessageFormat):
 def _consumer(spec: KafkaSource, **extra):
     from kafka import KafkaConsumer
 
+    settings = {"group_id": spec.group_id, "enable_auto_commit": False, "auto_offset_reset": "earliest", **spec.consumer_config, **extra}
     try:
-        return KafkaConsumer(
-            bootstrap_servers=spec.bootstrap_servers,
-            group_id=spec.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **{**spec.consumer_config, **extra},
-        )
+        return KafkaConsumer(bootstrap_servers=spec.bootstrap_servers, **settings)
     except Exception as exc:
         raise SourceError(f"Kafka at {spec.bootstrap_servers} is not reachable: {exc}") from None
 
