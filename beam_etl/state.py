@@ -47,11 +47,13 @@ How a later issue adds schedules (the shape to follow)::
         meta.create_all(conn)
         add_column(conn, "runs", sa.Column("schedule_id", sa.String(64), nullable=True))
 
-    MIGRATIONS.append(Migration(4, "schedules and schedule run history", _v4_schedules))
+    # ... and at the end of the MIGRATIONS list:
+    Migration(4, "schedules and schedule run history", _v4_schedules),
 
 Concurrency: SQLite runs in WAL mode with a busy timeout, and every writing transaction starts
-with ``BEGIN IMMEDIATE``, so writers from several processes queue instead of failing, and a
-read-modify-write inside :meth:`StateStore.transaction` is atomic. Reads outside a transaction
+with ``BEGIN IMMEDIATE``, so writers from several processes queue instead of failing. A
+read-modify-write inside :meth:`StateStore.transaction` is atomic on every database (on
+PostgreSQL an advisory lock serializes those blocks). Reads outside a transaction
 use a plain ``BEGIN`` and never wait for writers.
 
 Secrets: the URL may hold a password; it is never logged, and ``repr`` and every error show it
@@ -112,8 +114,10 @@ log = logging.getLogger(__name__)
 STATE_URL_ENV = "BEAM_ETL_STATE_URL"
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
 SQLITE_BUSY_TIMEOUT_S = 30.0
-# Arbitrary but fixed: the PostgreSQL advisory lock that serializes migrations ("beam_etl").
+# Arbitrary but fixed: the PostgreSQL advisory locks that serialize migrations ("beam_etl") and
+# StateStore.transaction() blocks.
 _PG_MIGRATION_LOCK = 0x6265616D5F65746C
+_PG_TRANSACTION_LOCK = _PG_MIGRATION_LOCK + 1
 
 
 class StateStoreError(BeamEtlError):
@@ -612,8 +616,11 @@ class StateStore:
     def transaction(self) -> Iterator[StateStore]:
         """Group store calls made in this thread into one transaction: all stick or none do.
 
-        Nested ``transaction()`` blocks join the outer one. On SQLite the transaction holds the
-        database's write lock until it ends: keep it short.
+        Transaction blocks on one database run one at a time, across threads and processes
+        (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an advisory lock, since READ COMMITTED alone
+        would let two blocks read the same watermark and both write; other databases:
+        SERIALIZABLE), so a read-modify-write inside one is atomic. Keep them short. Nested
+        ``transaction()`` blocks join the outer one.
 
         Example:
             >>> with store.transaction():  # doctest: +SKIP
@@ -625,12 +632,18 @@ class StateStore:
             yield self
             return
         try:
-            with self._engine.begin() as conn:
-                self._local.conn = conn
-                try:
-                    yield self
-                finally:
-                    self._local.conn = None
+            with self._engine.connect() as conn:
+                dialect = conn.dialect.name
+                if dialect not in ("sqlite", "postgresql"):
+                    conn.execution_options(isolation_level="SERIALIZABLE")
+                with conn.begin():
+                    if dialect == "postgresql":
+                        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_PG_TRANSACTION_LOCK)))
+                    self._local.conn = conn
+                    try:
+                        yield self
+                    finally:
+                        self._local.conn = None
         except sa.exc.DBAPIError as exc:
             raise self._error("commit a transaction", exc) from exc
 
