@@ -13,7 +13,7 @@ Functions (``CLEAN_FUNCTIONS``; argument in brackets):
 ==========================  ============================================================
 trim / ltrim / rtrim        strip whitespace (Python's ``str.isspace`` set) [characters]
 collapse_spaces             runs of whitespace -> one space
-lower / upper / title       per-character case mapping (``ß`` stays ``ß``)
+lower / upper / title       per-character case mapping (``ß`` -> ``ẞ``, not ``SS``)
 normalize                   Unicode normalization [NFKC (default) | NFC | NFD | NFKD]
 strip_accents               remove combining marks (``é`` -> ``e``), result NFC
 sanitize_html               nh3 (ammonia): keep safe tags, drop scripts/handlers [{tags: [...]}]
@@ -122,9 +122,28 @@ def _fill_default(array: pa.Array, value: Any) -> pa.Array:
     return pc.fill_null(array, pa.scalar(value).cast(array.type))
 
 
+def _normalize(array: pa.Array, form: str | None = None) -> pa.Array:
+    form = form or "NFKC"
+    if form in ("NFD", "NFKD"):
+        return pc.utf8_normalize(array, form=form)
+    # pyarrow 25's utf8_normalize does not compose: NFC/NFKC come back decomposed
+    # (apache/arrow#51225, fixed upstream in PR #51237). Until that release, compose with
+    # unicodedata, per value, over the distinct non-ASCII values only (ASCII text is
+    # already in every normal form).
+    import unicodedata
+
+    from beam_etl.quality.validators import map_distinct
+
+    non_ascii = pc.invert(pc.fill_null(pc.string_is_ascii(array), True))
+    if not pc.any(non_ascii).as_py():
+        return array
+    candidates = pc.if_else(non_ascii, array, pa.scalar(None, array.type))
+    return pc.coalesce(map_distinct(candidates, lambda value: unicodedata.normalize(form, value), array.type), array)
+
+
 def _strip_accents(array: pa.Array) -> pa.Array:
     decomposed = pc.utf8_normalize(array, form="NFD")
-    return pc.utf8_normalize(pc.replace_substring_regex(decomposed, r"\p{Mn}+", ""), form="NFC")
+    return _normalize(pc.replace_substring_regex(decomposed, r"\p{Mn}+", ""), "NFC")
 
 
 def _sanitize_html(array: pa.Array, options: dict | None = None) -> pa.Array:
@@ -354,7 +373,7 @@ CLEAN_FUNCTIONS: dict[str, CleanFunction] = {
     "lower": _plain("lower", pc.utf8_lower),
     "upper": _plain("upper", pc.utf8_upper),
     "title": _plain("title", pc.utf8_title),
-    "normalize": CleanFunction(_text_only_arg(lambda a, form: pc.utf8_normalize(a, form=form or "NFKC")), _normalize_form),
+    "normalize": CleanFunction(_text_only_arg(_normalize), _normalize_form),
     "strip_accents": _plain("strip_accents", _strip_accents),
     "sanitize_html": CleanFunction(_text_only_arg(_sanitize_html), _options("sanitize_html", {"tags": list})),
     "strip_html": _plain("strip_html", _strip_html),

@@ -102,20 +102,34 @@ class ColumnCoercion(StrictModel):
     true_values: list[str] | None = None
     false_values: list[str] | None = None
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, type_name: str) -> str:
+        parse_type(type_name)
+        return type_name
+
     @field_validator("formats", mode="before")
     @classmethod
     def _one_or_many(cls, formats: Any) -> Any:
         return [formats] if isinstance(formats, str) else formats
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "ColumnCoercion":
+    @field_validator("formats")
+    @classmethod
+    def _valid_formats(cls, formats: list[str] | None) -> list[str] | None:
         from beam_etl.quality.validators import check_strptime_format
 
-        target = parse_type(self.type)
-        for fmt in self.formats or []:
+        for fmt in formats or []:
             check_strptime_format(fmt)
-        if self.timezone is not None:
-            _check_timezone(self.timezone)
+        return formats
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, zone: str | None) -> str | None:
+        return _check_timezone(zone) if zone is not None else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ColumnCoercion":
+        target = parse_type(self.type)
         if pa.types.is_timestamp(target) and target.tz is not None:
             _check_timezone(target.tz)
         if self.thousands is not None and self.thousands == self.decimal:
@@ -143,23 +157,20 @@ def _column_spec(value: str | ColumnCoercion | dict) -> ColumnCoercion:
 
 class CoerceSpec(StepModel):
     type: Literal["coerce"]
-    schema_: dict[str, str | ColumnCoercion] = Field(alias="schema", min_length=1)
+    schema_: dict[str, ColumnCoercion] = Field(alias="schema", min_length=1)
     extra: Literal["keep", "drop"] = "keep"
     on_error: Literal["dlq", "null", "drop", "fail"] = "dlq"
 
-    @field_validator("schema_")
+    @field_validator("schema_", mode="before")
     @classmethod
-    def _known_types(cls, schema: dict[str, str | ColumnCoercion]) -> dict[str, str | ColumnCoercion]:
-        for name, value in schema.items():
-            if isinstance(value, str):
-                try:
-                    parse_type(value)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
+    def _type_names(cls, schema: Any) -> Any:
+        # ``column: int64`` is short for ``column: {type: int64}``.
+        if isinstance(schema, dict):
+            return {name: {"type": value} if isinstance(value, str) else value for name, value in schema.items()}
         return schema
 
     def columns(self) -> dict[str, ColumnCoercion]:
-        return {name: _column_spec(value) for name, value in self.schema_.items()}
+        return dict(self.schema_)
 
     def check(self, schemas, path):
         return []  # columns missing from the input are added as nulls, by design
