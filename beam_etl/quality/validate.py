@@ -262,18 +262,28 @@ class RowCheck(StrictModel):
     def _one_or_many(cls, value: Any) -> Any:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("expr")
+    @classmethod
+    def _compiles(cls, expr: str | dict | None) -> str | dict | None:
+        if expr is not None:
+            try:
+                _compiled(expr)
+            except ExpressionError as exc:
+                raise ValueError(str(exc)) from None
+        return expr
+
+    @field_validator("function")
+    @classmethod
+    def _importable(cls, path: str | None) -> str | None:
+        if path is not None:
+            import_callable(path)
+        return path
+
     @model_validator(mode="after")
     def _one_kind(self) -> "RowCheck":
         kinds = [kind for kind in ("expr", "function", "unique") if getattr(self, kind) is not None]
         if len(kinds) != 1:
             raise ValueError("a check has exactly one of expr (SQL condition), function (import path) or unique (columns)")
-        if self.expr is not None:
-            try:
-                _compiled(self.expr)
-            except ExpressionError as exc:
-                raise ValueError(f"expr: {exc}") from None
-        if self.function is not None:
-            import_callable(self.function)
         if (self.mode != "batch" or self.args) and self.function is None:
             raise ValueError("mode and args apply to function checks only")
         if self.name is None:
@@ -388,7 +398,7 @@ def _comparable(column: pa.Array, bound: Any) -> tuple[pa.Array, pa.Scalar]:
 def _rule_required(column: pa.Array, param: bool) -> pa.Array:
     missing = pc.is_null(column, nan_is_null=True)
     if _is_text(column.type):
-        missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(column), ""))
+        missing = pc.or_kleene(missing, pc.equal(pc.utf8_trim_whitespace(column), ""))  # null OR x is null in or_
     return _fails(missing)
 
 
@@ -425,7 +435,8 @@ def _rule_regex(column: pa.Array, pattern: str) -> pa.Array:
 
 
 def _rule_enum(column: pa.Array, allowed: list) -> pa.Array:
-    return _fails(pc.invert(pc.is_in(column, value_set=pa.array(allowed).cast(column.type))))
+    outside = pc.invert(pc.is_in(column, value_set=pa.array(allowed).cast(column.type)))
+    return _fails(pc.and_(pc.is_valid(column), outside))  # is_in says false for null: nulls pass
 
 
 def _length_rule(compare: Callable) -> RuleFn:
