@@ -35,11 +35,23 @@ def key_hash(batch: pa.RecordBatch | pa.Table, keys: Sequence[str]) -> np.ndarra
     """A uint64 hash per row of the ``keys`` columns (stable across processes)."""
     import pandas as pd
 
-    frame = batch.select(list(keys)).to_pandas(types_mapper=pd.ArrowDtype)
+    selected = batch.select(list(keys))
+    frame = selected.to_pandas(types_mapper=pd.ArrowDtype)
     # ArrowDtype columns hash through their object representation: normalise to plain
     # numpy/object values first so equal keys of equal type hash equally everywhere.
-    frame = pd.DataFrame({name: frame[name].astype(object) for name in frame.columns})
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    # Numbers and booleans take a fast path instead (object floats hash ~100x slower): always
+    # as float64, -0.0 as 0.0 and one NaN, NULL as NaN — equal keys get equal hashes whatever
+    # the batch; the few distinct keys that collide (NULL/NaN, ints beyond 2**53) only share
+    # a shard.
+    columns = {}
+    for name, column in zip(selected.schema.names, selected.columns):
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+            values = column.cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False) + 0.0
+            values[np.isnan(values)] = np.nan
+            columns[name] = values
+        else:
+            columns[name] = frame[name].astype(object)
+    return pd.util.hash_pandas_object(pd.DataFrame(columns), index=False).to_numpy(dtype=np.uint64)
 
 
 def shard_ids(batch: pa.RecordBatch | pa.Table, keys: Sequence[str], num_shards: int) -> np.ndarray:
