@@ -165,12 +165,16 @@ def _quiet_beam_logging(debug: bool) -> None:
 
     level = logging.DEBUG if debug else logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("apache_beam", "absl", "root"):
+    # Beam sets some of its loggers (PrismRunner, ...) to INFO itself: filter at the handler.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    for name in ("apache_beam", "absl", "PrismRunner"):
         logging.getLogger(name).setLevel(level)
 
 
 def _print_report(report: Any, demo: bool = False) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(highlight=False, soft_wrap=True)
@@ -198,20 +202,20 @@ def _print_report(report: Any, demo: bool = False) -> None:
             bad = [row["name"] for row in summary["steps"] if not row["balanced"]]
             console.print(f"[bold red]Rows unaccounted for[/] in: {', '.join(bad)} (in != out + dlq + filtered).")
     if report.error:
-        console.print(f"[bold red]error:[/] {report.error}")
+        console.print(f"[bold red]error:[/] {escape(report.error)}")
     dlq_rows = summary.get("dlq_rows", 0)
     if dlq_rows:
         console.print(f"\nDLQ: {dlq_rows} row(s) -> {report.sink_paths.get('dlq')}")
         for reason in summary.get("dlq_reasons", []):
-            console.print(f"  {reason['rows']:>6,}  {reason['step']}: {reason['error_type']}")
+            console.print(escape(f"  {reason['rows']:>6,}  {reason['step']}: {reason['error_type']}"))
         for row in _dlq_sample(report.sink_paths.get("dlq"), limit=20):
-            console.print(f"    - [{row.get('step')}] {row.get('error_message')}  record={row.get('record')}")
+            console.print(escape(f"    - [{row.get('step')}] {row.get('error_message')}  record={row.get('record')}"))
     else:
         console.print("\nDLQ: no rows rejected.")
     console.print("\nOutputs:")
     for name, path in report.sink_paths.items():
         if name != "dlq":
-            console.print(f"  {name}: {path}")
+            console.print(escape(f"  {name}: {path}"))
     console.print(f"Run summary: {report.summary_path}")
 
 

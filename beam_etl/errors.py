@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
 
 __all__ = [
     "BeamEtlError",
@@ -75,13 +76,19 @@ class RunnerError(BeamEtlError):
     """A runner that cannot start: unknown name, missing jar, missing required options."""
 
 
-@dataclass
 class StepFailed(BeamEtlError):
-    """A step configured ``on_error: fail`` met a bad row, or a step crashed."""
+    """A step configured ``on_error: fail`` met a bad row, or a step crashed.
 
-    step: str
-    reason: str
-    extra: dict = field(default_factory=dict)
+    Built as ``StepFailed(step, reason)``; also constructible from its one-line message,
+    because Beam re-creates worker exceptions from their (augmented) ``args``.
+    """
 
-    def __str__(self) -> str:
-        return f"step '{self.step}' failed: {self.reason}"
+    def __init__(self, step: str, reason: str | None = None):
+        if reason is None:
+            message = step
+            step = message.split("'")[1] if message.count("'") >= 2 else ""
+        else:
+            message = f"step '{step}' failed: {reason}"
+        super().__init__(message)
+        self.step = step
+        self.reason = reason if reason is not None else message

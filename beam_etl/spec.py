@@ -333,8 +333,10 @@ def load_spec(
         if model is not None:
             sinks[name] = model
 
-    # references and cycles
-    producers = set(sources) | {step.name for step in steps}
+    # references and cycles; a step whose own entry is invalid still counts as declared, so
+    # one typo does not also report every reference to that step
+    declared = {entry["name"] for entry in top.steps if isinstance(entry, dict) and isinstance(entry.get("name"), str)}
+    producers = set(sources) | {name for name, entry in top.sources.items()} | declared
     side_outputs = {f"{step.name}.{side}" for step in steps for side in _declared_sides(step)}
     known = producers | side_outputs
     step_index = {step["name"]: index for index, step in enumerate(top.steps) if isinstance(step, dict) and "name" in step}

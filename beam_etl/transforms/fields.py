@@ -366,7 +366,7 @@ class _CastFn:
             array, failed = isolate_row_errors(lambda b: _cast_string(b.column(0), target), column_only, target)
             values[name] = array
             for row in failed:
-                errors.setdefault(row, f"cannot cast {column[row].as_py()!r} in column '{name}' to {target}")
+                errors.setdefault(row, f"cannot cast {column[row].as_py()!r} in column '{name}' to {type_name}")
         result = _with_columns(batch, values)
         return _ExpressionColumns(self.step, {}, self.on_error).split_errors(batch, result, errors, "cast")
 

@@ -79,18 +79,20 @@ def test_demo_dlq_rows_with_reasons(demo_run):
     for _, kind, _, fragment in EXPECTED_DLQ:
         assert fragment in by_type[kind]["error_message"]
     assert all(r["job_id"] and r["failed_at"] for r in rows)
-    assert set(r.keys()) == {"job_id", "step", "error_type", "error_message", "source", "record", "failed_at"}
+    assert set(rows[0].keys()) == {"job_id", "step", "error_type", "error_message", "source", "record", "failed_at"}
 
 
 def test_demo_summary_json_balances_every_step(demo_run):
     cwd, _ = demo_run
     summary = json.loads((cwd / "beam_etl_output" / "run_summary.json").read_text())
-    steps = {row["name"]: row for row in summary["steps"]}
+    steps = {row["name"]: row for row in summary["steps"] if row["kind"] != "sink"}
+    sinks = {row["name"]: row for row in summary["steps"] if row["kind"] == "sink"}
     assert steps["customers"]["rows_out"] == 10
     assert (steps["valid"]["rows_in"], steps["valid"]["rows_out"], steps["valid"]["rows_dlq"]) == (10, 7, 3)
     assert (steps["typed"]["rows_out"], steps["typed"]["rows_dlq"]) == (6, 1)
     assert (steps["kept"]["rows_out"], steps["kept"]["rows_filtered"]) == (5, 1)
-    assert steps["customers_csv"]["rows_in"] == 5
+    assert sinks["customers_csv"]["rows_in"] == 5 and sinks["customers"]["rows_out"] == 5
+    assert sinks["dlq"]["rows_in"] == 4
     assert summary["balanced"] is True and summary["dlq_rows"] == 4
     assert all(row["balanced"] for row in summary["steps"])
 

@@ -59,7 +59,7 @@ def test_good_spec_loads_in_dependency_order(tmp_path):
 def test_unknown_input_names_path_line_and_suggestion(tmp_path):
     text = GOOD.replace("input: clean\n", "input: cleam\n")
     issues = issues_of(write(tmp_path, text))
-    assert issues == ["steps[1].input (line 15): unknown step or source 'cleam' (did you mean 'clean'?)"]
+    assert issues == ["steps[1].input (line 14): unknown step or source 'cleam' (did you mean 'clean'?)"]
 
 
 def test_all_errors_are_reported_at_once(tmp_path):
@@ -67,8 +67,8 @@ def test_all_errors_are_reported_at_once(tmp_path):
     text = text.replace("rules: {id:", "rulez: {id:")
     issues = issues_of(write(tmp_path, text))
     joined = "\n".join(issues)
-    assert "steps[2].type (line 18): unknown step type 'derivee' (did you mean 'derive'?)" in joined
-    assert "steps[1].rulez (line 16): unknown field 'rulez' (did you mean 'rules'?)" in joined
+    assert "steps[2].type (line 17): unknown step type 'derivee' (did you mean 'derive'?)" in joined
+    assert "steps[1].rulez (line 15): unknown field 'rulez' (did you mean 'rules'?)" in joined
     assert "sinks.out.input" in joined and "'enrich'" in joined
     assert len(issues) >= 3
 
@@ -91,12 +91,12 @@ def test_cycle_is_reported(tmp_path):
 
 def test_unknown_column_in_expression_with_suggestion(tmp_path):
     issues = issues_of(write(tmp_path, GOOD.replace('"amount * 2"', '"amout * 2"')))
-    assert issues == ["steps[2].columns.total (line 21): unknown column 'amout' (did you mean 'amount'?)"]
+    assert issues == ["steps[2].columns.total (line 19): unknown column 'amout' (did you mean 'amount'?)"]
 
 
 def test_unknown_column_in_rules(tmp_path):
     issues = issues_of(write(tmp_path, GOOD.replace("age: {min: 0", "agee: {min: 0")))
-    assert issues == ["steps[1].rules.agee (line 16): unknown column 'agee' (did you mean 'age'?)"]
+    assert issues == ["steps[1].rules.agee (line 15): unknown column 'agee' (did you mean 'age'?)"]
 
 
 def test_expression_outside_whitelist_is_a_spec_error(tmp_path):
@@ -159,7 +159,7 @@ def test_validate_cli_prints_all_errors_and_exits_2(tmp_path):
     result = subprocess.run([sys.executable, "-m", "beam_etl", "validate", str(path)], capture_output=True, text=True)
     assert result.returncode == 2
     assert "2 errors in spec:" in result.stderr
-    assert "steps[1].input (line 15): unknown step or source 'cleam' (did you mean 'clean'?)" in result.stderr
+    assert "steps[1].input (line 14): unknown step or source 'cleam' (did you mean 'clean'?)" in result.stderr
     assert "unknown step type 'derivee'" in result.stderr
     ok = subprocess.run([sys.executable, "-m", "beam_etl", "validate", str(write(tmp_path, GOOD, "good.yaml"))], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
