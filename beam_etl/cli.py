@@ -20,13 +20,16 @@ __all__ = ["main", "DEMO_SPEC"]
 
 DEMO_SPEC = "demo.yaml"
 
-_COMMANDS = ("run", "validate")
+_COMMANDS = ("run", "validate", "state", "runs")
 
 _EPILOG = """\
 commands:
   (none)                 run the bundled demo job on bundled sample data
   run SPEC               run a pipeline spec (YAML or JSON)
   validate SPEC          check a spec; print every error with its path; exit 2 if any
+  state show|reset PIPELINE [--source S]
+                         incremental/CDC positions kept in the state store
+  runs [PIPELINE]        recent runs with their status and row counts
 
 Any other --option is a Beam pipeline option and passes through unchanged, e.g.
   --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
@@ -57,6 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("spec")
     validate.add_argument("--json", action="store_true", help="print issues as JSON")
     validate.add_argument("--debug", action="store_true")
+    state = sub.add_parser("state", help="show or reset watermarks and CDC positions")
+    state.add_argument("action", choices=["show", "reset"])
+    state.add_argument("pipeline", nargs="?", help="pipeline name (the spec's name:)")
+    state.add_argument("--source", default=None, help="only this source")
+    state.add_argument("--state-url", default=None)
+    state.add_argument("--debug", action="store_true")
+    runs = sub.add_parser("runs", help="list recent runs")
+    runs.add_argument("pipeline", nargs="?")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--state-url", default=None)
+    runs.add_argument("--debug", action="store_true")
     return parser
 
 
@@ -77,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, beam_args = _parser().parse_known_args(argv)
             if args.command == "validate":
                 return _validate(args)
+            if args.command == "state":
+                return _state(args)
+            if args.command == "runs":
+                return _runs(args)
             return _run(args.spec, args, beam_args)
         if argv and not argv[0].startswith("-"):
             print(f"error: unknown command '{argv[0]}' (commands: {', '.join(_COMMANDS)}; see --help)", file=sys.stderr)
@@ -132,6 +150,39 @@ def _validate(args: argparse.Namespace) -> int:
         print("[]")
     else:
         print(f"ok: '{spec.name}' — {len(spec.sources)} source(s), {len(spec.steps)} step(s), {len(spec.sinks)} sink(s)")
+    return 0
+
+
+def _state(args: argparse.Namespace) -> int:
+    from beam_etl.state import StateStore
+
+    with StateStore(args.state_url) as store:
+        if args.action == "reset":
+            if not args.pipeline:
+                print("error: state reset needs a PIPELINE name", file=sys.stderr)
+                return 2
+            removed = store.reset_watermarks(args.pipeline, args.source)
+            target = f"{args.pipeline}.{args.source}" if args.source else args.pipeline
+            print(f"reset {removed} watermark(s) of {target}; the next run reads from the start (or initial:)")
+            return 0
+        marks = [m for m in store.list_watermarks(args.pipeline) if args.source in (None, m["source"])]
+    if not marks:
+        print("no watermarks" + (f" for {args.pipeline}" if args.pipeline else ""))
+        return 0
+    for mark in marks:
+        print(f"{mark['pipeline']}.{mark['source']}: {json.dumps(mark['value'], default=str)}  (updated {mark['updated_at']}, run {mark['run_id']})")
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from beam_etl.state import StateStore
+
+    with StateStore(args.state_url) as store:
+        runs = store.list_runs(args.pipeline, limit=args.limit)
+    for run in runs:
+        print(f"{run.get('run_id')}  {run.get('spec_name')}  {run.get('status'):<9}  {run.get('runner')}  started {run.get('started_at')}")
+    if not runs:
+        print("no runs recorded")
     return 0
 
 
