@@ -671,8 +671,8 @@ def duplicate_mask(table: pa.Table | pa.RecordBatch, keys: list[str], order_by: 
     rows = table.num_rows
     if rows < 2 or any(key not in table.schema.names for key in keys):
         return pa.array(np.zeros(rows, dtype=bool))
-    sort_keys = [(key, "ascending") for key in keys]
-    order = pc.sort_indices(table.select(keys), sort_keys=sort_keys, null_placement="at_end").to_numpy()
+    sort_keys = [(key, "ascending", "at_end") for key in keys]
+    order = pc.sort_indices(table.select(keys), sort_keys=sort_keys).to_numpy()
     same = _same_as_previous(table.select(keys).take(pa.array(order)), keys)
     in_group = same | np.concatenate([same[1:], [False]])
     candidates = order[in_group]
@@ -688,10 +688,10 @@ def duplicate_mask(table: pa.Table | pa.RecordBatch, keys: list[str], order_by: 
          **{f"o{i}": subset.column(column) for i, (column, _) in enumerate(_order_keys(order_by or []))},
          tiebreak: rows_as_json(subset if isinstance(subset, pa.RecordBatch) else subset.combine_chunks().to_batches()[0])}
     )
-    spec = [(f"k{i}", "ascending") for i in range(len(keys))]
-    spec += [(f"o{i}", direction) for i, (_, direction) in enumerate(_order_keys(order_by or []))]
-    spec.append((tiebreak, "ascending"))
-    within = pc.sort_indices(ordered, sort_keys=spec, null_placement="at_end").to_numpy()
+    spec = [(f"k{i}", "ascending", "at_end") for i in range(len(keys))]
+    spec += [(f"o{i}", direction, "at_end") for i, (_, direction) in enumerate(_order_keys(order_by or []))]
+    spec.append((tiebreak, "ascending", "at_end"))
+    within = pc.sort_indices(ordered, sort_keys=spec).to_numpy()
     later = _same_as_previous(ordered.take(pa.array(within)), [f"k{i}" for i in range(len(keys))])
     dup[candidates[within[later]]] = True
     return pa.array(dup)

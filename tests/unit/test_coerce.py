@@ -198,3 +198,47 @@ def test_wall_clock_times_in_a_zone_agree_with_zoneinfo(moments, zone_name):
     result, errors = coerce_column(pa.array(texts), {"type": "timestamp[us, tz=UTC]", "formats": ["%d/%m/%Y %H:%M:%S"], "timezone": zone_name})
     assert errors == {}
     assert [v.astimezone(UTC) for v in result.to_pylist()] == [m.replace(tzinfo=zone).astimezone(UTC) for m in moments]
+
+
+def test_clean_then_coerce_in_a_spec_run_balances_and_routes_failures(tmp_path):
+    from beam_etl.run import run_spec
+
+    rows = [
+        {"id": " 1 ", "price": "$1,200.50", "day": "05/01/2024", "active": "yes"},
+        {"id": "2", "price": "N/A", "day": "06/01/2024", "active": "no"},
+        {"id": "3", "price": "12,34", "day": "07/01/2024", "active": "y"},
+        {"id": None, "price": "$1", "day": "08/01/2024", "active": "n"},
+        {"id": "5", "price": "€7", "day": "31/02/2024", "active": "maybe"},
+        {"id": "6", "price": "(3.00)", "day": "09/01/2024", "active": "TRUE"},
+    ]
+    spec = load_spec(
+        {
+            "name": "typed",
+            "sources": {"raw": {"type": "inline", "rows": rows}},
+            "steps": [
+                {"name": "tidy", "type": "clean", "input": "raw", "ops": {"id": ["trim", "drop_if_null"], "price": [{"null_if": ["N/A"]}]}},
+                {"name": "typed", "type": "coerce", "input": "tidy",
+                 "schema": {"id": "int64", "price": "float64", "day": {"type": "date32", "formats": ["%d/%m/%Y"]}, "active": "bool"}},
+            ],
+            "sinks": {"out": {"type": "ndjson", "input": "typed", "path": "out/"}},
+            "settings": {"batch_rows": 2},
+        }
+    )
+    report = run_spec(spec, ["--runner=DirectRunner"], output_dir=str(tmp_path), record_state=False)
+    assert report.status == "succeeded", report.error
+    out = sorted((json.loads(line) for f in (tmp_path / "out").glob("*") for line in f.read_text().splitlines() if line), key=lambda r: r["id"])
+    assert out == [
+        {"id": 1, "price": 1200.5, "day": "2024-01-05", "active": True},
+        {"id": 2, "price": None, "day": "2024-01-06", "active": False},
+        {"id": 6, "price": -3.0, "day": "2024-01-09", "active": True},
+    ]
+    dlq = sorted((json.loads(line) for f in (tmp_path / "dlq").glob("*") for line in f.read_text().splitlines() if line), key=lambda r: r["record"])
+    assert [(r["step"], r["error_type"], json.loads(r["record"])["id"]) for r in dlq] == [("typed", "coerce", "3"), ("typed", "coerce", "5")]
+    assert dlq[1]["error_message"] == (
+        "cannot coerce '31/02/2024' in column 'day' to date32: matches none of the formats ['%d/%m/%Y']; "
+        "cannot coerce 'maybe' in column 'active' to bool: is not a recognised boolean (true/t/yes/false/f/no ...)"
+    )
+    steps = {row["name"]: row for row in report.summary["steps"]}
+    assert (steps["tidy"]["rows_in"], steps["tidy"]["rows_out"], steps["tidy"]["rows_filtered"]) == (6, 5, 1)
+    assert (steps["typed"]["rows_in"], steps["typed"]["rows_out"], steps["typed"]["rows_dlq"]) == (5, 3, 2)
+    assert all(row["balanced"] for row in report.summary["steps"])

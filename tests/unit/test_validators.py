@@ -202,3 +202,32 @@ def test_date_formats_agree_with_python_strptime(values):
     parsed = parse_datetimes(pa.array(values), ["%d/%m/%Y"], unit="s")
     assert parsed.values.to_pylist() == [parse(v) for v in values]
     assert parsed.failed.to_pylist() == [parse(v) is None for v in values]
+
+
+_LOCAL_CHARS = "abcXYZ019_%+=-.'!#&*/?^`{|}~\"() "
+_DOMAIN_CHARS = "abcxnXN019-._"
+email_like = st.one_of(
+    st.emails().map(str),
+    st.tuples(st.text(alphabet=_LOCAL_CHARS, min_size=0, max_size=70), st.text(alphabet=_DOMAIN_CHARS, min_size=0, max_size=70),
+              st.sampled_from(["com", "de", "test", "local", "c0m", "x", "onion", "arpa", "example"]))
+    .map(lambda t: f"{t[0]}@{t[1]}.{t[2]}"),
+    st.tuples(st.text(alphabet="ab", min_size=60, max_size=70), st.text(alphabet="ab.", min_size=180, max_size=200)).map(lambda t: f"{t[0]}@{t[1]}.com"),
+    # Near the fast path's edge: mostly plain characters, a few that are not.
+    st.tuples(st.text(alphabet="ab9_%+=-.", min_size=1, max_size=8), st.text(alphabet="ab9-_.", min_size=1, max_size=8),
+              st.sampled_from(["com", "c0m", "1", "test", "xn--bcher-kva", "ab--cd", "x"])).map(lambda t: f"{t[0]}@{t[1]}.{t[2]}"),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(email_like, min_size=1, max_size=15))
+def test_email_fast_path_agrees_with_email_validator(values):
+    import email_validator
+
+    def bad(value: str) -> bool:
+        try:
+            email_validator.validate_email(value, check_deliverability=False)
+        except email_validator.EmailNotValidError:
+            return True
+        return False
+
+    assert format_mask(pa.array(values), "email").to_pylist() == [bad(v) for v in values]
