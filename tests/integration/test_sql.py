@@ -306,3 +306,43 @@ def test_table_names_are_identifiers_not_sql(tmp_path):
 
 def test_redact_url():
     assert redact_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+
+
+def test_database_restart_mid_read_fails_cleanly_and_rerun_lands_each_row_once(tmp_path):
+    import subprocess
+    import threading
+    import time
+
+    n = 600_000
+    execute("postgres", "DROP TABLE IF EXISTS restart_src", "DROP TABLE IF EXISTS restart_dst",
+            f"CREATE TABLE restart_src AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, {n}) g",
+            "CREATE TABLE restart_dst (id INT PRIMARY KEY, note TEXT)")
+    spec = {
+        "name": "restart",
+        "settings": {"batch_rows": 20_000},
+        "sources": {"s": {"type": "postgres", "url": url_for("postgres"), "table": "restart_src"}},
+        "sinks": {"d": {"type": "postgres", "input": "s", "url": url_for("postgres"), "table": "restart_dst", "mode": "upsert", "key": ["id"], "commit_rows": 20_000}},
+    }
+    restarted = threading.Event()
+
+    def restart_when_reading():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            active = execute("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'DECLARE%%beam_etl_%%' OR query LIKE 'FETCH%%'", fetch=True)[0][0]
+            if active:
+                subprocess.run(["pg_ctlcluster", "15", "main", "restart", "-m", "fast"], check=True)
+                restarted.set()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=restart_when_reading)
+    watcher.start()
+    first = run(tmp_path / "1", spec)
+    watcher.join()
+    Database.close_all()
+    assert restarted.is_set(), "the read finished before the restart could hit it"
+    assert first.status == "failed" and "\n" not in (first.error or "")
+    second = run(tmp_path / "2", spec)
+    assert second.ok, second.error
+    count, distinct = execute("postgres", "SELECT count(*), count(DISTINCT id) FROM restart_dst", fetch=True)[0]
+    assert count == distinct == n  # every row once, none duplicated by the rerun
