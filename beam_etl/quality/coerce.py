@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, field_validator, model_validator
 
-from beam_etl.errors import SpecIssue, StepFailed
+from beam_etl.errors import StepFailed
 from beam_etl.models import StepModel, StrictModel, parse_type
 from beam_etl.registry import register_step
 from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors, route_errors

@@ -81,7 +81,7 @@ from beam_etl.batch import DEFAULT_BATCH_ROWS, concat_batches, rows_as_json, spl
 from beam_etl.dlq import dlq_batch
 from beam_etl.errors import ExpressionError, SpecIssue, StepFailed
 from beam_etl.models import StepModel, StrictModel, parse_type
-from beam_etl.quality.validators import FORMATS, check_format_options, format_mask
+from beam_etl.quality.validators import check_format_options, format_mask
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
 from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepCounters, StepOutputs, isolate_row_errors

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -57,6 +58,7 @@ __all__ = [
     "invalid_ip",
     "invalid_credit_card",
     "phone_to_e164",
+    "PhoneOptions",
     "ParsedTimes",
     "parse_datetimes",
     "check_strptime_format",
@@ -165,7 +167,7 @@ def _plain_email(text: pa.Array) -> pa.Array:
     short = pc.and_(pc.less_equal(pc.utf8_length(text), 254), pc.match_substring_regex(text, r"^[^@]{1,64}@"))
     # "--" in a label is IDNA territory (xn--, ab--cd); special-use names (.test, .local ...)
     # are refused: both are left to email-validator.
-    special = "|".join(_escape(name) for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
+    special = "|".join(re.escape(name) for name in email_validator.SPECIAL_USE_DOMAIN_NAMES)
     odd = pc.match_substring_regex(text, rf"@.*--|[@.](?:{special})$", ignore_case=True)
     return pc.fill_null(pc.and_(pc.and_(shape, short), pc.invert(odd)), False)
 
@@ -218,17 +220,11 @@ def invalid_url(values: pa.Array, *, schemes: list[str] | None = None, require_t
         require_tld: the domain needs a dot and a top-level label of 2+ letters.
     """
     schemes = schemes or ["http", "https"]
-    scheme = "|".join(_escape(s.lower()) for s in schemes)
+    scheme = "|".join(re.escape(s.lower()) for s in schemes)
     domain = rf"(?:{_LABEL}\.)+\p{{L}}{{2,63}}\.?" if require_tld else rf"{_LABEL}(?:\.{_LABEL})*\.?"
     host = rf"(?:localhost|{_IPV4}|\[{_IPV6}\]|{domain})"
     pattern = rf"^(?:{scheme})://(?:[^\s:@/?#]+(?::[^\s@/?#]*)?@)?{host}(?::{_PORT})?(?:[/?#]\S*)?$"
     return _regex_mask(values, pattern, ignore_case=True)
-
-
-def _escape(text: str) -> str:
-    import re
-
-    return re.escape(text)
 
 
 # --------------------------------------------------------------------------- phone

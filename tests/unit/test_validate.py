@@ -248,7 +248,7 @@ def test_duplicate_mask_agrees_with_duckdb_and_ignores_row_order(rows, rnd):
     schema = pa.schema([("k", pa.int64()), ("j", pa.string()), ("o", pa.int64()), ("p", pa.int64())])
     table = pa.Table.from_pylist(rows, schema=schema)
     kept = table.filter(pc.invert(duplicate_mask(table, ["k", "j"], ["o DESC"])))
-    frame = table.append_column("row_json", rows_as_json(table.combine_chunks().to_batches()[0]) if rows else pa.array([], pa.string()))
+    frame = table.append_column("row_json", rows_as_json(table.combine_chunks().to_batches()[0]) if rows else pa.array([], pa.string()))  # noqa: F841 (read by DuckDB by name)
     expected = duckdb.sql(
         "SELECT k, j, o, p FROM frame QUALIFY k IS NULL OR row_number() OVER (PARTITION BY k, j ORDER BY o DESC, row_json) = 1"
     ).arrow()
@@ -298,7 +298,7 @@ def test_unique_across_batches_in_one_pipeline_run(tmp_path):
     # The oracle: the same rules in DuckDB, applied in the documented order.
     frame = pa.Table.from_pylist([p for p in people if p["age"] >= 0])
     frame = frame.append_column("row_json", rows_as_json(frame.to_batches()[0]))
-    first = duckdb.sql("SELECT * FROM frame QUALIFY id IS NULL OR row_number() OVER (PARTITION BY id ORDER BY updated DESC, row_json) = 1")
+    first = duckdb.sql("SELECT * FROM frame QUALIFY id IS NULL OR row_number() OVER (PARTITION BY id ORDER BY updated DESC, row_json) = 1")  # noqa: F841 (read by DuckDB by name)
     expected = duckdb.sql("SELECT row FROM first QUALIFY row_number() OVER (PARTITION BY email, order_no ORDER BY updated DESC, row_json) = 1")
     expected_rows = sorted(r[0] for r in expected.fetchall())
 
