@@ -32,9 +32,12 @@ RUN_DIR=$BEAM_ETL_CACHE/run
 mkdir -p "$BEAM_ETL_CACHE" "$RUN_DIR"
 
 pid_alive() {
-  # pid_alive NAME: the daemon started by start_daemon NAME is still running.
-  local pidfile=$RUN_DIR/$1.pid
-  [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+  # pid_alive NAME: the daemon started by start_daemon NAME is still running (and the pid was
+  # not reused by another program: its command line names our cache directory).
+  local pidfile=$RUN_DIR/$1.pid pid
+  [ -f "$pidfile" ] || return 1
+  pid=$(cat "$pidfile")
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -qF "$BEAM_ETL_CACHE"
 }
 
 start_daemon() {
@@ -69,5 +72,5 @@ mvn_quiet() {
 
 http_ok() {
   # http_ok URL: the URL answers 2xx within 3 s.
-  curl -fsS -m 3 -o /dev/null "$1"
+  curl -fsS -m 3 -o /dev/null "$1" 2>/dev/null
 }

@@ -157,6 +157,7 @@ rootLogger.appenderRef.file.ref = MainAppender
 appender.main.name = MainAppender
 appender.main.type = File
 appender.main.fileName = ${sys:log.file}
+appender.main.append = false
 appender.main.layout.type = PatternLayout
 appender.main.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
 logger.akka.name = akka
