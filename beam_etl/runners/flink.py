@@ -124,7 +124,7 @@ def _resolve_jar(argv: list[str], flink_version: str) -> list[str]:
     cached_note = f" (the cached job server is for Flink {cached.flink_version})" if cached else ""
     raise RunnerError(
         f"no Flink {flink_version} job-server jar is cached and {why}{cached_note}: run `{_SCRIPT}`"
-        + (f" and drop --flink_version" if cached else "")
+        + (" and drop --flink_version" if cached else "")
         + " or pass --flink_job_server_jar=PATH"
     )
 
