@@ -141,7 +141,8 @@ def duckdb_query(table: pa.Table, sql: str) -> list[dict]:
 def duckdb_aggregate(table: pa.Table, group_by: list[str], aggregates: dict[str, str]) -> list[dict]:
     """Run the same aggregation in DuckDB (``aggregates``: name -> DuckDB SQL)."""
     items = [f'"{name}"' for name in group_by] + [f'{sql} AS "{name}"' for name, sql in aggregates.items()]
-    group = f" GROUP BY {', '.join(group_by)}" if group_by else ""
+    quoted = ", ".join(f'"{name}"' for name in group_by)
+    group = f" GROUP BY {quoted}" if group_by else ""
     return duckdb_query(table, f"SELECT {', '.join(items)} FROM t{group}")
 
 
