@@ -139,13 +139,13 @@ ipv6_like = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(ipv4_like, min_size=1, max_size=20))
 def test_ipv4_agrees_with_ipaddress(values):
     assert invalid_ipv4(pa.array(values)).to_pylist() == [not _python_ip_ok(v, 4) for v in values]
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(ipv6_like, min_size=1, max_size=20))
 def test_ipv6_agrees_with_ipaddress(values):
     assert invalid_ipv6(pa.array(values)).to_pylist() == [not _python_ip_ok(v, 6) for v in values]
