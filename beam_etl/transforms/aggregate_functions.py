@@ -66,7 +66,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import sqlglot
 from sqlglot import exp
-from sqlglot.dialects.dialect import Dialect
 
 from beam_etl.errors import ExpressionError
 
@@ -96,11 +95,9 @@ class AggregateOverflow(ValueError):
 # --------------------------------------------------------------------------- parsing
 
 
-class _AggregateDialect(Dialect):
-    """sqlglot's default dialect, except that NULLs sort last in both directions (DuckDB's
-    default), so ``ORDER BY ts`` inside a call means ``ts ASC NULLS LAST``."""
-
-    NULL_ORDERING = "nulls_are_last"
+#: The dialect aggregates are read in: the expression engine's (DuckDB), whose NULLs sort last
+#: in both directions, so ``ORDER BY ts`` inside a call means ``ts ASC NULLS LAST``.
+_DIALECT = "duckdb"
 
 
 @dataclass(frozen=True)
@@ -199,7 +196,7 @@ def _hint_for(name: str) -> str | None:
 
 def _parse_sql(text: str, what: str) -> exp.Expression:
     try:
-        tree = sqlglot.parse_one(text, read=_AggregateDialect)
+        tree = sqlglot.parse_one(text, read=_DIALECT)
     except sqlglot.errors.SqlglotError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = "check the number of arguments" if "arguments" in first else "check the parentheses and quoting"
@@ -230,8 +227,12 @@ def parse_order_by(items: str | Sequence[str] | None) -> tuple[OrderKey, ...]:
 
 def _order_key(item: exp.Expression) -> OrderKey:
     if isinstance(item, exp.Ordered):
-        return OrderKey(item.this.sql(), bool(item.args.get("desc")), bool(item.args.get("nulls_first")))
-    return OrderKey(item.sql())
+        return OrderKey(_text(item.this), bool(item.args.get("desc")), bool(item.args.get("nulls_first")))
+    return OrderKey(_text(item))
+
+
+def _text(node: exp.Expression) -> str:
+    return node.sql(dialect=_DIALECT)
 
 
 def _fraction(node: exp.Expression, text: str) -> Fraction:
@@ -297,7 +298,7 @@ def parse_aggregate(
         raise ExpressionError(f"'{text}' is a window function", "use a window step for OVER (...)")
     if isinstance(tree, exp.Filter):
         condition = tree.expression
-        where = (condition.this if isinstance(condition, exp.Where) else condition).sql()
+        where = _text(condition.this if isinstance(condition, exp.Where) else condition)
         tree = tree.this
     within: exp.Order | None = None
     if isinstance(tree, exp.WithinGroup):
@@ -341,7 +342,7 @@ def parse_aggregate(
             raise ExpressionError(f"{name} takes {expected} argument{'s' if expected > 1 else ''} (in '{text}')", f"write {usage}")
         if isinstance(args[0], exp.Star):
             raise ExpressionError(f"{name}(*) is not defined", "only count(*) takes *")
-        argument = args[0].sql()
+        argument = _text(args[0])
     fraction = fixed_fraction
     if function in _TAKES_FRACTION and fraction is None:
         fraction = _fraction(args[1], text)
@@ -1405,7 +1406,7 @@ class AggregatePlan:
 
 def _compile(sql: str) -> Any:
     """A bare column name (fast path, no expression engine), or a compiled expression."""
-    tree = sqlglot.parse_one(sql)
+    tree = sqlglot.parse_one(sql, read=_DIALECT)
     if isinstance(tree, exp.Column) and not tree.table:
         return tree.name
     from beam_etl.expressions import compile_expression

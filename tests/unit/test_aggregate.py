@@ -188,27 +188,29 @@ def test_spec_accepts_a_single_group_by_name_and_knows_the_output_schema():
     assert spec.schemas["by_country"] == pa.schema([("country", pa.string()), ("n", pa.int64()), ("t", pa.float64())])
 
 
-def test_spec_run_writes_groups_and_balances(tmp_path):
+def test_spec_run_writes_groups_routes_failing_rows_and_balances(tmp_path):
     rows = [{"country": c, "total": float(i), "id": i % 4} for i, c in enumerate(["US", "CA", "US", None, "US", "CA", "DE"])]
-    spec = load_spec(
-        _spec(
-            {
-                "group_by": ["country"],
-                "aggregates": {"n": "count(*)", "revenue": "sum(total)", "buyers": "count_distinct(id)", "top": "last(id ORDER BY total)"},
-            },
-            rows=rows,
-        )
-    )
+    aggregates = {
+        "n": "count(*)",
+        "revenue": "sum(total)",
+        "buyers": "count_distinct(id)",
+        "top": "last(id ORDER BY total)",
+        "unit": "avg(total / id)",  # id 0 (rows 0 and 4): division by zero -> those rows to the DLQ
+    }
+    spec = load_spec(_spec({"group_by": ["country"], "aggregates": aggregates}, rows=rows))
     report = run_spec(spec, ["--runner=DirectRunner"], output_dir=str(tmp_path), record_state=False)
     assert report.status == "succeeded", report.error
     out = [json.loads(line) for f in sorted((tmp_path / "out").glob("*")) for line in f.read_text().splitlines() if line]
-    by_country = {row["country"]: row for row in out}
-    assert by_country == {
-        "US": {"country": "US", "n": 3, "revenue": 6.0, "buyers": 2, "top": 0},
-        "CA": {"country": "CA", "n": 2, "revenue": 6.0, "buyers": 1, "top": 1},
-        None: {"country": None, "n": 1, "revenue": 3.0, "buyers": 1, "top": 3},
-        "DE": {"country": "DE", "n": 1, "revenue": 6.0, "buyers": 1, "top": 2},
+    assert {row["country"]: row for row in out} == {
+        "US": {"country": "US", "n": 1, "revenue": 2.0, "buyers": 1, "top": 2, "unit": 1.0},
+        "CA": {"country": "CA", "n": 2, "revenue": 6.0, "buyers": 1, "top": 1, "unit": 3.0},
+        None: {"country": None, "n": 1, "revenue": 3.0, "buyers": 1, "top": 3, "unit": 1.0},
+        "DE": {"country": "DE", "n": 1, "revenue": 6.0, "buyers": 1, "top": 2, "unit": 3.0},
     }
+    dlq = [json.loads(line) for f in sorted((tmp_path / "dlq").glob("*")) for line in f.read_text().splitlines() if line]
+    assert sorted(json.loads(row["record"])["total"] for row in dlq) == [0.0, 4.0]
+    assert {(row["step"], row["error_type"]) for row in dlq} == {("by_country", "aggregate.expression")}
+    assert all("division by zero" in row["error_message"] for row in dlq)
     step = next(row for row in report.summary["steps"] if row["name"] == "by_country")
-    assert (step["rows_in"], step["rows_merged"], step["rows_out"], step["rows_dlq"]) == (7, 7, 4, 0)
+    assert (step["rows_in"], step["rows_merged"], step["rows_out"], step["rows_dlq"]) == (7, 5, 4, 2)
     assert step["balanced"]

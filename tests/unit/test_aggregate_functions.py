@@ -100,14 +100,12 @@ AGGREGATES = {
         "coalesce(list(i ORDER BY t DESC NULLS LAST, i) FILTER (WHERE i IS NOT NULL), [])",
     ),
     "set_s": ("collect_set(s)", "coalesce(list(DISTINCT s ORDER BY s) FILTER (WHERE s IS NOT NULL), [])"),
+    "sum_pos": ("sum(i) FILTER (WHERE t > 1)", "sum(i) FILTER (WHERE t > 1)"),
+    "n_pos": ("count(*) FILTER (WHERE t > 1)", "count(*) FILTER (WHERE t > 1)"),
+    "sum_expr": ("sum(i * 2 - j)", "sum(i * 2 - j)"),
+    "max_expr": ("max(lower(s) || '!')", "max(lower(s) || '!')"),
+    "first_expr": ("first(f ORDER BY t * -1, length(s))", "first(f ORDER BY t * -1 ASC NULLS LAST, length(s) ASC NULLS LAST, f ASC NULLS LAST)"),
 }
-try:  # FILTER conditions need the expression engine  # TODO(agg): drop the guard once expressions.py lands
-    import beam_etl.expressions  # noqa: F401
-
-    AGGREGATES["sum_pos"] = ("sum(i) FILTER (WHERE t > 1)", "sum(i) FILTER (WHERE t > 1)")
-    AGGREGATES["n_pos"] = ("count(*) FILTER (WHERE t > 1)", "count(*) FILTER (WHERE t > 1)")
-except ImportError:
-    pass
 
 #: Error scale per float aggregate: float sums may round differently in another order, so
 #: results must agree to 1e-9 relative to the magnitudes summed (DuckDB SQL for that scale).
