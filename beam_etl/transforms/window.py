@@ -454,8 +454,22 @@ def _float_running_sum(values: np.ndarray, frame: _Frame) -> np.ndarray:
     import pandas as pd
 
     # pandas' grouped cumsum restarts at each partition (no cancellation across partitions,
-    # unlike differences of one global prefix sum); skipna=False lets NaN propagate as in SQL.
-    return pd.Series(values).groupby(frame.part_id).cumsum(skipna=False).to_numpy(dtype=np.float64)
+    # unlike differences of one global prefix sum) and is Kahan-compensated — but its
+    # compensation turns inf into NaN. So finite values are summed there, and NaN/±inf are
+    # applied from exact running counts with IEEE rules (NaN, or +inf with -inf, give NaN).
+    finite = np.isfinite(values)
+    sums = pd.Series(np.where(finite, values, 0.0)).groupby(frame.part_id).cumsum().to_numpy(dtype=np.float64)
+    if finite.all():
+        return sums
+    idx, start = frame.idx, frame.part_start
+
+    def so_far(mask: np.ndarray) -> np.ndarray:
+        prefix = np.concatenate([[0], np.cumsum(mask)])
+        return (prefix[idx + 1] - prefix[start]) > 0
+
+    nan, pos, neg = so_far(np.isnan(values)), so_far(values == np.inf), so_far(values == -np.inf)
+    sums = np.where(pos, np.inf, np.where(neg, -np.inf, sums))
+    return np.where(nan | (pos & neg), np.nan, sums)
 
 
 def _float_moving_sum(values: np.ndarray, lo: np.ndarray, idx: np.ndarray, width: int) -> np.ndarray:
@@ -463,10 +477,11 @@ def _float_moving_sum(values: np.ndarray, lo: np.ndarray, idx: np.ndarray, width
     # no cancellation between partitions (a prefix-sum difference would lose small values
     # next to huge ones).
     total = np.zeros(len(values), dtype=np.float64)
-    for back in range(min(width, len(values)) - 1, -1, -1):
-        source = idx - back
-        inside = source >= lo
-        total += np.where(inside, values[np.maximum(source, 0)], 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf = NaN, as in SQL
+        for back in range(min(width, len(values)) - 1, -1, -1):
+            source = idx - back
+            inside = source >= lo
+            total += np.where(inside, values[np.maximum(source, 0)], 0.0)
     return total
 
 
