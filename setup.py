@@ -16,21 +16,25 @@ CORE = [
     "rich>=13",
     "httpx>=0.27",
     "tenacity>=8",
+    # validate/clean/coerce are always registered (each imported only when first used)
+    "email-validator>=2.1",
+    "phonenumbers>=8.13",
+    "nh3>=0.2.14",
 ]
 
 # One extra per connector family; `test` pulls in everything the suite exercises.
 EXTRAS = {
-    "gcp": ["apache-beam[gcp]==2.77.0"],
+    "gcp": ["apache-beam[gcp]==2.77.0", "build>=1"],  # build: Dataflow stages setup.py as an sdist
     "aws": ["apache-beam[aws]==2.77.0", "boto3>=1.34"],
     "sql": ["psycopg[binary]>=3.1", "psycopg-pool>=3.2", "PyMySQL>=1.1", "DBUtils>=3.1", "mysql-replication>=1.0"],
     "kafka": ["kafka-python>=2.2"],
     "rabbitmq": ["pika>=1.3"],
     "streams": ["websockets>=13", "httpx-sse>=0.4"],
-    "quality": ["email-validator>=2.1", "phonenumbers>=8.13", "nh3>=0.2", "datasketches>=5"],
+    "quality": ["datasketches>=5"],
     "gx": ["great_expectations==1.24.1"],
 }
 EXTRAS["test"] = sorted(
-    {dep for name in ("aws", "sql", "kafka", "rabbitmq", "streams", "quality", "gx") for dep in EXTRAS[name]}
+    {dep for name in ("gcp", "aws", "sql", "kafka", "rabbitmq", "streams", "quality", "gx") for dep in EXTRAS[name]}
     | {"pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "duckdb>=1.1", "moto[server]>=5"}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})

@@ -246,6 +246,9 @@ def _print_report(report: Any, demo: bool = False) -> None:
             "yes" if row["balanced"] else "NO",
         )
     console.print(table)
+    if report.status == "dry_run":
+        console.print("Dry run: the job request was built offline and nothing was submitted.")
+        return
     if summary.get("steps"):
         if summary.get("balanced"):
             console.print(f"Every entry balances: in = out + dlq + filtered ({len(summary['steps'])} checked).")

@@ -46,7 +46,7 @@ class RunReport:
 
     @property
     def ok(self) -> bool:
-        return self.status == "succeeded" and self.summary.get("balanced", False)
+        return self.status in ("succeeded", "dry_run") and self.summary.get("balanced", False)
 
 
 def pipeline_options(beam_args: list[str]):
@@ -140,7 +140,12 @@ def run_spec(
         else:
             result = pipeline.run()
         result.wait_until_finish()
-        summary = summarize(result, graph)
+        if "--dry_run=True" in args:
+            # Dataflow built the job request offline and submitted nothing: no counters.
+            status = "dry_run"
+            summary = {"steps": [], "balanced": True, "dlq_rows": 0, "dlq_reasons": [], "job": _dry_run_job(result)}
+        else:
+            summary = summarize(result, graph)
         state = str(getattr(result, "state", "DONE"))
         if "FAIL" in state.upper() or "CANCEL" in state.upper():
             status, error = "failed", f"runner reported state {state}"
@@ -150,6 +155,7 @@ def run_spec(
     if graph is not None:
         # Acks, offset commits and watermarks move only now, after every sink committed.
         try:
+            # A dry run read nothing: acknowledge nothing (the failure hooks release what was held).
             graph.lifecycle.finish(succeeded=status == "succeeded" and summary.get("balanced", False))
         except Exception as exc:
             status, error = "failed", f"after the run: {_root_message(exc)}"
@@ -178,7 +184,9 @@ def run_spec(
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=2, default=str)
     if store is not None:
-        store.finish_run(run_id, status=status, summary=summary, error=error)
+        # The store knows running/succeeded/failed/cancelled; a dry run is a success whose
+        # summary says dry_run.
+        store.finish_run(run_id, status="succeeded" if status == "dry_run" else status, summary=summary, error=error)
         store.close()
     sink_paths = {name: _sink_path(sink, output_dir) for name, sink in spec.sinks.items()}
     sink_paths["dlq"] = _sink_path(spec.dlq, output_dir)
@@ -194,6 +202,12 @@ def run_spec(
         error=error,
         sink_paths=sink_paths,
     )
+
+
+def _dry_run_job(result: Any) -> dict[str, Any]:
+    job = getattr(result, "job", None)
+    proto = getattr(job, "proto", None)
+    return {"name": getattr(proto, "name", None), "steps": len(getattr(proto, "steps", []) or [])}
 
 
 def _sink_path(model: Any, output_dir: str) -> str:

@@ -221,6 +221,8 @@ def _pydantic_issues(exc: ValidationError, prefix: PathT, model: type[BaseModel]
             hint = did_you_mean(key, names) or (f"allowed: {', '.join(sorted(names))}" if names else None)
         elif error["type"] == "missing":
             message = "required field is missing"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         issues.append(SpecIssue(format_path(loc), message, hint, lines.line(loc)))
     return issues
 

@@ -114,11 +114,6 @@ def test_cli_refuses_a_bucket_beam_would_hang_on(tmp_path: Path) -> None:
     assert time.monotonic() - started < 60
 
 
-@pytest.mark.xfail(
-    reason="run.py summarizes a dry run with result.metrics(), which Beam's dry-run result does not "
-    "implement (NotImplementedError, exit 1); run_spec should report a dry run as such",
-    strict=False,
-)
 def test_cli_demo_dry_run_on_dataflow(tmp_path: Path) -> None:
     done = _cli(*DRY_RUN, "--output", str(tmp_path / "out"), "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
