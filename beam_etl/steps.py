@@ -30,7 +30,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
 
 from beam_etl import batch as _batch  # noqa: F401  (registers the ArrowBatchCoder)
-from beam_etl.dlq import DLQ_SCHEMA, dlq_batch
+from beam_etl.dlq import dlq_batch
 from beam_etl.errors import StepFailed
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "StepOutputs",
     "BatchOutcome",
     "ApplyBatchFn",
+    "BatchStep",
     "StepCounters",
     "metrics_namespace",
     "route_errors",
@@ -307,3 +308,17 @@ class ApplyBatchFn(beam.PTransform):
             results[tag].element_type = pa.RecordBatch
         side = {"filtered": results.filtered} if self._keep_filtered else {}
         return StepOutputs(main=results.main, dlq=results.dlq, side=side)
+
+
+class BatchStep(beam.PTransform):
+    """Base of the public per-batch step PTransforms (Select, Derive, Filter, Clean, ...).
+
+    A subclass validates its arguments in ``__init__`` and sets ``_step`` (the step name) and
+    ``_fn`` (a picklable ``RecordBatch -> BatchOutcome``); ``_keep_filtered`` adds the
+    ``filtered`` side output. ``expand`` runs ``_fn`` through :class:`ApplyBatchFn`.
+    """
+
+    _keep_filtered = False
+
+    def expand(self, pcoll: PCollection) -> StepOutputs:
+        return pcoll | ApplyBatchFn(self._step, self._fn, keep_filtered=self._keep_filtered)

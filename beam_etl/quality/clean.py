@@ -43,7 +43,6 @@ import html
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,7 +52,7 @@ from beam_etl.errors import SpecIssue
 from beam_etl.models import StepModel
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
-from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs
+from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs
 
 __all__ = [
     "Clean",
@@ -510,7 +509,7 @@ class _CleanFn:
         return BatchOutcome(out=kept, filtered=dropped)
 
 
-class Clean(beam.PTransform):
+class Clean(BatchStep):
     """Apply cleaning functions per column.
 
     Args:
@@ -528,8 +527,6 @@ class Clean(beam.PTransform):
         CleanSpec.model_validate({"name": step, "type": "clean", "input": "-", "ops": ops})
         self._step, self._fn = step, _CleanFn(ops)
 
-    def expand(self, pcoll) -> StepOutputs:
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("clean", CleanSpec)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -47,7 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from beam_etl.errors import StepFailed
 from beam_etl.models import StepModel, StrictModel, parse_type
 from beam_etl.registry import register_step
-from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors, route_errors
+from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors, route_errors
 
 __all__ = [
     "Coerce",
@@ -393,7 +392,7 @@ class _CoerceFn:
         return BatchOutcome(out=result.filter(keep), dlq=dlq, filtered_count=dropped)
 
 
-class Coerce(beam.PTransform):
+class Coerce(BatchStep):
     """Coerce a batch to a declared schema, reading numbers, booleans and dates as written.
 
     Args:
@@ -417,8 +416,6 @@ class Coerce(beam.PTransform):
         self._step = step
         self._fn = _CoerceFn(step, spec.columns(), spec.extra, spec.on_error)
 
-    def expand(self, pcoll) -> StepOutputs:
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("coerce", CoerceSpec)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import apache_beam as beam
 import pyarrow as pa
 
 import pyarrow.compute as pc
@@ -23,7 +22,7 @@ from beam_etl.errors import ExpressionError, SpecIssue, StepFailed
 from beam_etl.models import StepModel, parse_type
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
-from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors
+from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors
 
 __all__ = [
     "Select",
@@ -201,7 +200,7 @@ class _SelectFn:
         return self.expressions.split_errors(batch, result, errors, "select.expression")
 
 
-class Select(beam.PTransform):
+class Select(BatchStep):
     """Keep or compute columns.
 
     Args:
@@ -220,8 +219,6 @@ class Select(beam.PTransform):
         self._fn = _SelectFn(step, columns, on_error)
         self._step = step
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("select", SelectSpec)
@@ -256,7 +253,7 @@ class _RenameFn:
         return BatchOutcome(out=rename_columns(batch, self.mapping))
 
 
-class Rename(beam.PTransform):
+class Rename(BatchStep):
     """Rename columns: ``batches | Rename("r", {"fname": "first_name"})``."""
 
     def __init__(self, step: str, mapping: dict[str, str]):
@@ -265,8 +262,6 @@ class Rename(beam.PTransform):
             raise ValueError(f"rename step '{step}' maps two columns to the same name")
         self._step, self._fn = step, _RenameFn(mapping)
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("rename", RenameSpec)
@@ -296,15 +291,13 @@ class _DropFn:
         return BatchOutcome(out=drop_columns(batch, self.names))
 
 
-class Drop(beam.PTransform):
+class Drop(BatchStep):
     """Drop columns: ``batches | Drop("d", ["internal_id"])``."""
 
     def __init__(self, step: str, columns: list[str]):
         super().__init__()
         self._step, self._fn = step, _DropFn(columns)
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("drop", DropSpec)
@@ -371,7 +364,7 @@ class _CastFn:
         return _ExpressionColumns(self.step, {}, self.on_error).split_errors(batch, result, errors, "cast")
 
 
-class Cast(beam.PTransform):
+class Cast(BatchStep):
     """Cast columns to Arrow types; values that do not fit follow ``on_error``.
 
     Example:
@@ -384,8 +377,6 @@ class Cast(beam.PTransform):
             parse_type(type_name)  # fail early with the accepted type names
         self._step, self._fn = step, _CastFn(step, columns, on_error)
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("cast", CastSpec)
@@ -449,7 +440,7 @@ class _DeriveFn:
         return self.expressions.split_errors(batch, result, errors, "derive.expression")
 
 
-class Derive(beam.PTransform):
+class Derive(BatchStep):
     """Add or replace columns computed by SQL expressions (sqlglot -> pyarrow.compute).
 
     Args:
@@ -468,8 +459,6 @@ class Derive(beam.PTransform):
             raise ValueError(f"derive step '{step}' needs at least one column")
         self._step, self._fn = step, _DeriveFn(step, columns, on_error)
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("derive", DeriveSpec)
@@ -590,7 +579,7 @@ class _UnflattenFn:
         return BatchOutcome(out=unflatten_batch(batch, self.separator))
 
 
-class Flatten(beam.PTransform):
+class Flatten(BatchStep):
     """Flatten nested struct columns, optionally exploding list columns into rows.
 
     Example:
@@ -603,19 +592,15 @@ class Flatten(beam.PTransform):
             raise ValueError(f"flatten step '{step}' needs a non-empty separator")
         self._step, self._fn = step, _FlattenFn(separator, explode or [])
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
-class Unflatten(beam.PTransform):
+class Unflatten(BatchStep):
     """Turn ``a.b``-named columns back into struct columns: ``batches | Unflatten("nest")``."""
 
     def __init__(self, step: str, separator: str = "."):
         super().__init__()
         self._step, self._fn = step, _UnflattenFn(separator)
 
-    def expand(self, pcoll):
-        return pcoll | ApplyBatchFn(self._step, self._fn)
 
 
 @register_step("flatten", FlattenSpec)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -24,7 +23,7 @@ from beam_etl.dlq import dlq_batch
 from beam_etl.errors import ExpressionError, SpecIssue
 from beam_etl.models import StepModel
 from beam_etl.registry import register_step
-from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs
+from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs
 
 __all__ = ["Filter", "FilterSpec", "filter_batch_by"]
 
@@ -97,7 +96,7 @@ def filter_batch_by(condition, batch: pa.RecordBatch, step: str = "filter", on_e
     return BatchOutcome(out=batch.filter(keep), dlq=dlq, filtered=batch.filter(rejected))
 
 
-class Filter(beam.PTransform):
+class Filter(BatchStep):
     """Keep the rows where ``where`` is true.
 
     Args:
@@ -117,8 +116,6 @@ class Filter(beam.PTransform):
         self._fn = _FilterFn(step, where, on_error)
         self._keep_filtered = keep_filtered
 
-    def expand(self, pcoll) -> StepOutputs:
-        return pcoll | ApplyBatchFn(self._step, self._fn, keep_filtered=self._keep_filtered)
 
 
 @register_step("filter", FilterSpec)
