@@ -148,7 +148,7 @@ def test_mysql_type_round_trip(tmp_path):
 def test_large_table_read_in_parallel_partitions_and_bounded_batches(tmp_path, dialect):
     n = 1_000_000 if dialect == "postgres" else 200_000
     if dialect == "postgres":
-        execute(dialect, "DROP TABLE IF EXISTS big", "CREATE TABLE big AS SELECT g AS id, g % 97 AS bucket, md5(g::text) AS note FROM generate_series(1, %d) g" % n)
+        execute(dialect, "DROP TABLE IF EXISTS big", f"CREATE TABLE big AS SELECT g AS id, g % 97 AS bucket, md5(g::text) AS note FROM generate_series(1, {n}) g")
     else:
         execute(
             dialect,

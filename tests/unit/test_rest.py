@@ -80,9 +80,10 @@ def test_rate_limit_measured_at_the_server(api):
     read_all({"url": api.url("/page"), "pagination": {"type": "page", "size_param": "size", "limit": 5}, "records_path": "data", "rate_limit": {"requests_per_second": 10, "burst": 1}})
     times = [t for t, _ in api.state.requests]
     assert len(times) == 11  # 10 pages of 5 + the empty page that stops
-    # 11 requests at 10/s with no burst take at least 1 s of spacing
+    # 11 requests at 10/s with no burst take at least 1 s, and no 0.5 s window holds more
+    # than 5 (+1 for the window edge): the bucket spaces them out, however the server is loaded
     assert times[-1] - times[0] >= 0.95
-    assert min(b - a for a, b in zip(times, times[1:])) >= 0.07
+    assert max(sum(1 for t in times if start <= t < start + 0.5) for start in times) <= 6
 
 
 def test_api_key_in_header_and_query(api):
