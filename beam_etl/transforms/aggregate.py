@@ -135,17 +135,18 @@ def aggregate_issues(
         default_order = parse_order_by(order_by)
     except ExpressionError as exc:
         return [SpecIssue(f"{path}.order_by", exc.message, exc.hint)]
+    parsed = {}
     for name, text in aggregates.items():
-        try:
-            parse_aggregate(text, default_order=default_order, approximate=approximate)
-        except ExpressionError as exc:
-            issues.append(SpecIssue(f"{path}.{aggregates_field}.{name}", exc.message, exc.hint))
-    for name in aggregates:
+        where = f"{path}.{aggregates_field}.{name}"
         if name in group_by:
-            issues.append(SpecIssue(f"{path}.{aggregates_field}.{name}", f"'{name}' is also a {group_by_field} column", "rename the aggregate"))
-    if issues:
-        return issues
-    plan = AggregatePlan(group_by, aggregates, order_by=order_by, approximate=approximate)
+            issues.append(SpecIssue(where, f"'{name}' is also a {group_by_field} column", "rename the aggregate"))
+            continue
+        try:
+            parsed[name] = parse_aggregate(text, default_order=default_order, approximate=approximate)
+        except ExpressionError as exc:
+            issues.append(SpecIssue(where, exc.message, exc.hint))
+    # Column checks for everything that parsed, so one run of `validate` reports it all.
+    plan = AggregatePlan(group_by, parsed or {"__rows": "count(*)"})
     for name, error in plan.check(schema):
         where = f"{path}.{group_by_field}" if name is None else f"{path}.{aggregates_field}.{name}"
         issues.append(SpecIssue(where, error.message, error.hint))

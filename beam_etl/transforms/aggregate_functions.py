@@ -57,7 +57,7 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -116,7 +116,7 @@ class OrderKey:
 class AggregateCall:
     """One parsed aggregate: ``function(argument ORDER BY ...) FILTER (WHERE where)``."""
 
-    function: str  # canonical name, see _FUNCTIONS
+    function: str  # canonical name, see _NAMES
     argument: str | None  # SQL of the argument; None for count(*)
     text: str = ""
     fraction: Fraction | None = None  # percentile p
@@ -1135,12 +1135,6 @@ def _decimal_to_int64(sums: pa.Array, call: AggregateCall) -> pa.Array:
 
 
 # --------------------------------------------------------------------------- the plan
-
-
-@dataclass
-class _Evaluated:
-    inputs: dict[str, pa.Array]
-    errors: dict[int, str] = field(default_factory=dict)
 
 
 class AggregatePlan:

@@ -4,7 +4,6 @@ DuckDB's DISTINCT / row_number() OVER (PARTITION BY ... ORDER BY ...) = 1."""
 from __future__ import annotations
 
 import json
-import math
 
 import apache_beam as beam
 import pyarrow as pa

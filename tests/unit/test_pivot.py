@@ -17,7 +17,7 @@ from beam_etl.errors import SpecError
 from beam_etl.run import run_spec
 from beam_etl.spec import load_spec
 from beam_etl.transforms.pivot import Pivot, pivot_table, unpivot_batch
-from test_aggregate_functions import TABLES, _sort_key, assert_same_rows, duckdb_query, values_equal
+from test_aggregate_functions import TABLES, _sort_key, assert_same_rows, duckdb_query
 
 CASES = 30
 BATCH_ROWS = 6
