@@ -867,7 +867,7 @@ def _require_datasketches():
         import datasketches
     except ImportError:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "approximate aggregates need the datasketches package: pip install 'beam-etl[sketches]' (or datasketches)"
+            "approximate aggregates need the datasketches package: pip install datasketches"
         ) from None
     return datasketches
 

@@ -226,7 +226,7 @@ def _merge_in_random_tree(plan: AggregatePlan, partials: list, rng: random.Rando
 
 
 @pytest.mark.parametrize("group_by", [["k"], ["k", "j"], []], ids=["one_key", "two_keys", "global"])
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(table=TABLES, cuts=st.lists(st.integers(0, 40), max_size=6), seed=st.integers(0, 2**16))
 def test_partial_merge_finalize_matches_duckdb(group_by, table, cuts, seed):
     plan = AggregatePlan(group_by, {name: ours for name, (ours, _) in AGGREGATES.items()})
