@@ -20,7 +20,7 @@ __all__ = ["main", "DEMO_SPEC"]
 
 DEMO_SPEC = "demo.yaml"
 
-_COMMANDS = ("run", "validate", "state", "runs")
+_COMMANDS = ("run", "validate", "state", "runs", "process")
 
 _EPILOG = """\
 commands:
@@ -30,6 +30,8 @@ commands:
   state show|reset PIPELINE [--source S]
                          incremental/CDC positions kept in the state store
   runs [PIPELINE]        recent runs with their status and row counts
+  process OP --input F   data-processor operations on JSON/NDJSON: clean, statistics, outliers,
+                         aggregate, normalize, correlation, deduplicate, fill_missing
 
 Any other --option is a Beam pipeline option and passes through unchanged, e.g.
   --runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing
@@ -66,6 +68,21 @@ def _parser() -> argparse.ArgumentParser:
     state.add_argument("--source", default=None, help="only this source")
     state.add_argument("--state-url", default=None)
     state.add_argument("--debug", action="store_true")
+    process = sub.add_parser("process", help="data-processor operations on a JSON/NDJSON file")
+    process.add_argument("op", choices=["clean", "statistics", "outliers", "aggregate", "normalize", "correlation", "deduplicate", "fill_missing"])
+    process.add_argument("--input", required=True, help="JSON array of objects, or NDJSON")
+    process.add_argument("--output", default=None, help="file to write (.json or .ndjson); default stdout")
+    process.add_argument("--columns", default=None, help="comma-separated columns (default: all numeric)")
+    process.add_argument("--threshold", type=float, default=3.0, help="outliers: score above which a value is an outlier")
+    process.add_argument("--method", default="zscore", choices=["zscore", "robust_zscore", "iqr"])
+    process.add_argument("--group-by", default=None, help="aggregate: comma-separated group columns")
+    process.add_argument("--agg", action="append", help="aggregate: NAME=FUNCTION(column), repeatable")
+    process.add_argument("--key", default=None, help="deduplicate: key columns (default: whole rows)")
+    process.add_argument("--keep", default="first", choices=["first", "last"])
+    process.add_argument("--order-by", default=None, help='deduplicate: e.g. "updated_at DESC"')
+    process.add_argument("--strategy", default="mean", choices=["mean", "median", "mode"])
+    process.add_argument("--ops", default=None, help='clean: JSON, e.g. \'{"name": ["trim", "title"]}\'')
+    process.add_argument("--debug", action="store_true")
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("pipeline", nargs="?")
     runs.add_argument("--limit", type=int, default=20)
@@ -95,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _state(args)
             if args.command == "runs":
                 return _runs(args)
+            if args.command == "process":
+                return _process(args)
             return _run(args.spec, args, beam_args)
         if argv and not argv[0].startswith("-"):
             print(f"error: unknown command '{argv[0]}' (commands: {', '.join(_COMMANDS)}; see --help)", file=sys.stderr)
@@ -171,6 +190,28 @@ def _state(args: argparse.Namespace) -> int:
         return 0
     for mark in marks:
         print(f"{mark['pipeline']}.{mark['source']}: {json.dumps(mark['value'], default=str)}  (updated {mark['updated_at']}, run {mark['run_id']})")
+    return 0
+
+
+def _process(args: argparse.Namespace) -> int:
+    from beam_etl.errors import ExpressionError
+    from beam_etl.process import OPERATIONS, read_records, write_result
+
+    try:
+        table = read_records(args.input)
+        result = OPERATIONS[args.op](table, args)
+    except FileNotFoundError:
+        print(f"error: input file '{args.input}' not found", file=sys.stderr)
+        return 2
+    except (ValueError, ExpressionError) as exc:  # bad options or data: one line, exit 2
+        print(f"error: process {args.op}: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    text = write_result(result, args.output)
+    if args.output is None:
+        sys.stdout.write(text)
+    else:
+        count = f"{result.num_rows} record(s)" if hasattr(result, "num_rows") else "result"
+        print(f"wrote {count} to {args.output}", file=sys.stderr)
     return 0
 
 
