@@ -996,7 +996,8 @@ def _percentile_cont(lists: pa.Array, fraction: Fraction) -> pa.Array:
     values, starts, counts = _sorted_lists(lists)
     present = counts > 0
     p = float(fraction)
-    # DuckDB's quantile_cont: RN = (n - 1) * p, interpolate between floor(RN) and ceil(RN).
+    # DuckDB's quantile_cont: RN = (n - 1) * p, interpolate between floor(RN) and ceil(RN) as
+    # lo * (1 - d) + hi * d (equal infinities stay infinite; lo + (hi - lo) * d would be NaN).
     position = (np.maximum(counts, 1) - 1) * p
     low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
     numbers = values.cast(pa.float64()).to_numpy(zero_copy_only=False)
@@ -1005,7 +1006,8 @@ def _percentile_cont(lists: pa.Array, fraction: Fraction) -> pa.Array:
     low_values = numbers[np.where(present, starts + low, 0)]
     high_values = numbers[np.where(present, starts + high, 0)]
     with np.errstate(invalid="ignore", over="ignore"):
-        result = np.where(low == high, low_values, low_values + (high_values - low_values) * (position - low))
+        fraction = position - low
+        result = np.where(low == high, low_values, low_values * (1.0 - fraction) + high_values * fraction)
     return pa.array(result, mask=~present)
 
 

@@ -47,7 +47,7 @@ _ints = st.one_of(st.none(), st.integers(-5, 5), st.integers(-(2**53), 2**53))
 _floats = st.one_of(
     st.none(),
     st.just(NAN),
-    st.sampled_from([0.0, -0.0, 1.5, -2.25]),
+    st.sampled_from([0.0, -0.0, 1.5, -2.25, float("inf"), float("-inf")]),
     st.integers(-5, 5).map(float),
     st.floats(-1e6, 1e6, allow_nan=False),
     st.floats(-1e100, 1e100, allow_nan=False, allow_infinity=False),
@@ -164,7 +164,8 @@ def rows_by_key(rows: list[dict], keys: list[str]) -> dict[tuple, dict]:
 
 
 def values_equal(got, want, scale: float | None = None) -> bool:
-    """Exact for ints/strings; floats within 1e-9 relative (to ``scale`` when given); NaN == NaN."""
+    """Exact for ints/strings and infinities; floats within 1e-9 relative (to ``scale`` when
+    given, the magnitude of what was summed); NaN == NaN."""
     if isinstance(want, list) or isinstance(got, list):
         return isinstance(got, list) and isinstance(want, list) and len(got) == len(want) and all(
             values_equal(a, b, scale) for a, b in zip(got, want)
@@ -175,6 +176,8 @@ def values_equal(got, want, scale: float | None = None) -> bool:
         got, want = float(got), float(want)
         if math.isnan(want) or math.isnan(got):
             return math.isnan(want) and math.isnan(got)
+        if math.isinf(want) or math.isinf(got):
+            return want == got
         tolerance = 1e-9 * max(abs(want), abs(scale or 0.0), 1e-300)
         return abs(got - want) <= tolerance
     return got == want
