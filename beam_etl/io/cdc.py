@@ -11,9 +11,17 @@ Acknowledgement after the sinks: PostgreSQL changes are *peeked* from the slot
 only when the run succeeded, so a failed run sees the same changes again. The MySQL binlog
 position is kept in the state store and moves on only after success.
 
-Bounded mode: read the changes up to "now" (the current WAL LSN / binlog position at the
-start) and stop — for batch pipelines and tests. Schedule it (or rerun it) to follow a
-database continuously; each run picks up where the last successful one stopped.
+Bounded mode (default): read the changes up to "now" (the current WAL LSN / binlog position
+at the start) and stop — for batch pipelines and tests; each run picks up where the last
+successful one stopped.
+
+Streaming mode (``streaming: true``, PostgreSQL; run with ``--streaming``): a
+``PeriodicImpulse`` ticks every ``poll_seconds`` and each tick emits the transactions
+committed since the last one. The slot is advanced when the runner finalizes the bundle
+(Beam's bundle finalization) or, on runners that do not finalize bundles (Prism 2.77), at
+the start of the next tick — in both cases after the runner has committed the previous
+tick's output. At-least-once: after a crash, the changes since the last advance are read
+again. ``max_seconds`` stops a streaming read (tests, demos).
 
 Example spec::
 
@@ -64,6 +72,9 @@ class _CdcModel(SourceModel):
     tables: list[str] | None = Field(default=None, description="schema.table names to keep (default: all)")
     flatten: bool = False
     max_changes: int | None = Field(default=None, gt=0)
+    streaming: bool = Field(default=False, description="follow the log (run with --streaming)")
+    poll_seconds: float = Field(default=1.0, gt=0)
+    max_seconds: float | None = Field(default=None, gt=0, description="streaming: stop after this long")
 
 
 class PostgresCdcSource(_CdcModel):
@@ -92,6 +103,26 @@ def _change_batch(changes: list[dict[str, Any]], flatten: bool) -> pa.RecordBatc
 # --------------------------------------------------------------------------- PostgreSQL
 
 
+class _ticks(beam.PTransform):
+    """One element for a bounded read; a PeriodicImpulse every ``poll_seconds`` when streaming."""
+
+    def __init__(self, spec: _CdcModel):
+        super().__init__()
+        self._spec = spec
+
+    def expand(self, pbegin):
+        if not self._spec.streaming:
+            return pbegin | beam.Create([None])
+        import time
+
+        from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
+        start = time.time()
+        stop = start + self._spec.max_seconds if self._spec.max_seconds else None
+        kwargs = {"stop_timestamp": stop} if stop else {}
+        return pbegin | PeriodicImpulse(start_timestamp=start, fire_interval=self._spec.poll_seconds, apply_windowing=False, **kwargs)
+
+
 def _wal2json_changes(data: str, lsn: str, commit_ts: dt.datetime | None) -> dict[str, Any] | None:
     """One wal2json (format-version 2) record -> a change row (None for BEGIN/COMMIT)."""
     record = json.loads(data)
@@ -111,50 +142,98 @@ def _wal2json_changes(data: str, lsn: str, commit_ts: dt.datetime | None) -> dic
     }
 
 
+def _lsn(text: str) -> int:
+    """A PostgreSQL LSN ``"16/B374D848"`` as an integer, for comparisons."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def peek_changes(db: Database, spec: PostgresCdcSource, upto_lsn: str | None, after_lsn: int = -1) -> Iterator[tuple[str, list[dict]]]:
+    """(commit LSN, changes) per committed transaction in the slot, up to ``upto_lsn``.
+
+    Peeking consumes nothing: the slot moves only when :func:`advance_slot` is called.
+    Transactions whose commit LSN is <= ``after_lsn`` (already emitted) are skipped.
+    """
+    options = ["format-version", "2", "include-timestamp", "1", "include-transaction", "1"]
+    if spec.tables:
+        options += ["add-tables", ",".join(spec.tables)]
+    placeholders = ", ".join(["%s"] * len(options))
+    sql = f"SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, %s, {placeholders})"
+    transaction: list[dict] = []
+    with db.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute(sql, (spec.slot, upto_lsn, spec.max_changes, *options))
+        for lsn, data in cursor:
+            record = json.loads(data)
+            action = record.get("action")
+            if action == "B":
+                transaction = []
+            elif action == "C":
+                commit_ts = _parse_ts(record.get("timestamp"))
+                for change in transaction:  # the commit time is known at COMMIT
+                    change["commit_ts"] = commit_ts
+                if _lsn(lsn) > after_lsn:
+                    yield lsn, transaction
+                transaction = []
+            else:
+                change = _wal2json_changes(data, lsn, None)
+                if change is not None:
+                    transaction.append(change)
+        connection.rollback()
+    if transaction:  # only without include-transaction records; keep them, never drop
+        yield upto_lsn or "0/0", transaction
+
+
+def advance_slot(db: Database, slot: str, lsn: str) -> None:
+    with db.connect() as connection:
+        cursor = connection.cursor()
+        cursor.execute(
+            "SELECT pg_replication_slot_advance(%s, %s::pg_lsn) FROM pg_replication_slots "
+            "WHERE slot_name = %s AND confirmed_flush_lsn < %s::pg_lsn",
+            (slot, lsn, slot, lsn),
+        )  # never backwards: advancing to an older LSN is an error
+        cursor.close()
+        connection.commit()
+
+
+_STREAM_POSITIONS: dict[str, dict[str, Any]] = {}
+
+
 class _ReadPostgresChangesFn(beam.DoFn):
+    """Bounded: one call reads the slot up to ``upto_lsn``. Streaming: each tick reads what
+    committed since the last tick; the slot is advanced once the runner has committed the
+    bundle (bundle finalization) or, on runners without it, at the start of the next tick."""
+
     def __init__(self, name: str, spec: PostgresCdcSource, batch_rows: int, upto_lsn: str | None):
         self._name, self._spec, self._batch_rows, self._upto = name, spec, batch_rows, upto_lsn
 
     def setup(self) -> None:
         self._counters = StepCounters("source", self._name)
+        self._db = Database("postgres", self._spec.url, f"source '{self._name}'")
 
-    def process(self, _seed: Any):
-        spec = self._spec
-        options = ["format-version", "2", "include-timestamp", "1", "include-transaction", "1"]
-        if spec.tables:
-            options += ["add-tables", ",".join(spec.tables)]
-        placeholders = ", ".join(["%s"] * len(options))
-        sql = f"SELECT lsn::text, data FROM pg_logical_slot_peek_changes(%s, %s::pg_lsn, %s, {placeholders})"
-        db = Database("postgres", spec.url, f"source '{self._name}'")
+    def process(self, _tick: Any, finalizer=beam.DoFn.BundleFinalizerParam):
+        streaming = self._upto is None
+        # Runners may use a new DoFn instance for every tick: the stream's position lives in
+        # the worker process, keyed by slot (one reader per slot: PeriodicImpulse ticks in order).
+        position = _STREAM_POSITIONS.setdefault(self._spec.slot, {"emitted": -1, "ack": None})
+        if streaming and position["ack"] is not None:
+            advance_slot(self._db, self._spec.slot, position["ack"])  # the previous tick's bundle is committed
+            position["ack"] = None
         pending: list[dict] = []
-        commit_ts: dt.datetime | None = None
-        transaction: list[dict] = []
-        with db.connect() as connection:
-            cursor = connection.cursor()
-            cursor.execute(sql, (spec.slot, self._upto, spec.max_changes, *options))
-            for lsn, data in cursor:
-                record = json.loads(data)
-                action = record.get("action")
-                if action == "B":
-                    transaction = []
-                    continue
-                if action == "C":
-                    commit_ts = _parse_ts(record.get("timestamp"))
-                    for change in transaction:  # the commit time is known at COMMIT
-                        change["commit_ts"] = commit_ts
-                    pending.extend(transaction)
-                    transaction = []
-                    if len(pending) >= self._batch_rows:
-                        yield self._emit(pending)
-                        pending = []
-                    continue
-                change = _wal2json_changes(data, lsn, None)
-                if change is not None:
-                    transaction.append(change)
-            connection.rollback()
-        pending.extend(transaction)
+        last_commit = None
+        for commit_lsn, changes in peek_changes(self._db, self._spec, self._upto, position["emitted"] if streaming else -1):
+            pending.extend(changes)
+            last_commit = commit_lsn
+            if len(pending) >= self._batch_rows:
+                yield self._emit(pending)
+                pending = []
         if pending:
             yield self._emit(pending)
+        if streaming and last_commit is not None:
+            position["emitted"] = _lsn(last_commit)
+            position["ack"] = last_commit
+            db, slot = self._db, self._spec.slot
+            finalizer.register(lambda: advance_slot(db, slot, last_commit))
 
     def _emit(self, changes: list[dict]) -> pa.RecordBatch:
         batch = _change_batch(changes, self._spec.flatten)
@@ -191,16 +270,9 @@ def _postgres_prepare(spec: PostgresCdcSource, ctx: BuildContext, name: str) -> 
     except Exception as exc:
         raise SourceError(f"source '{name}' ({redact_url(spec.url)}): {_first_line(exc)}") from None
 
-    def acknowledge() -> None:
-        with db.connect() as connection:
-            cursor = connection.cursor()
-            # Advance only to what this run read: changes after `upto` stay for the next run.
-            cursor.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (spec.slot, upto))
-            cursor.close()
-            connection.commit()
-
-    if ctx.lifecycle is not None:
-        ctx.lifecycle.on_success(acknowledge)
+    if ctx.lifecycle is not None and not spec.streaming:
+        # Advance only to what this run read: changes after `upto` stay for the next run.
+        ctx.lifecycle.on_success(lambda: advance_slot(db, spec.slot, upto))
     return upto
 
 
@@ -216,10 +288,11 @@ class ReadPostgresChanges(beam.PTransform):
         self._name, self._spec, self._upto, self._batch_rows = name, spec, upto_lsn, spec.batch_rows or batch_rows
 
     def expand(self, pbegin) -> StepOutputs:
+        upto = None if self._spec.streaming else self._upto
         batches = (
             pbegin
-            | "seed" >> beam.Create([None])
-            | "changes" >> beam.ParDo(_ReadPostgresChangesFn(self._name, self._spec, self._batch_rows, self._upto)).with_output_types(pa.RecordBatch)
+            | "ticks" >> _ticks(self._spec)
+            | "changes" >> beam.ParDo(_ReadPostgresChangesFn(self._name, self._spec, self._batch_rows, upto)).with_output_types(pa.RecordBatch)
         )
         return StepOutputs(main=batches)
 

@@ -77,3 +77,40 @@ def test_cdc_changes_in_order_acknowledged_after_the_sink_and_applied(tmp_path, 
         if dialect == "postgres":
             execute(dialect, f"SELECT pg_drop_replication_slot('{table}') WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{table}')")
         execute(dialect, f"DROP TABLE IF EXISTS {table}", f"DROP TABLE IF EXISTS {target}")
+
+
+def test_postgres_cdc_streaming_mode_follows_the_log_and_advances_the_slot(tmp_path):
+    import threading
+    import time
+
+    table = f"cdcs_{uuid.uuid4().hex[:6]}"
+    execute("postgres", f"CREATE TABLE {table} (id INT PRIMARY KEY, v TEXT)")
+    spec = {
+        "name": "cdc_stream",
+        "sources": {"src": {"type": "postgres_cdc", "url": url_for("postgres"), "slot": table, "tables": [f"public.{table}"],
+                            "flatten": True, "streaming": True, "poll_seconds": 0.5, "max_seconds": 8}},
+        "sinks": {"changes": {"type": "ndjson", "input": "src", "path": "changes/"}},
+    }
+
+    def writer():
+        for i in range(12):  # commits spread over several ticks
+            execute("postgres", f"INSERT INTO {table} VALUES ({i}, 'v{i}')")
+            time.sleep(0.4)
+
+    thread = threading.Thread(target=writer)
+    try:
+        # the slot exists before the writer starts, so no insert predates it
+        Database("postgres", url_for("postgres"), "t")
+        execute("postgres", f"SELECT pg_create_logical_replication_slot('{table}', 'wal2json')")
+        thread.start()
+        report = run_spec(load_spec(spec), ["--runner=DirectRunner", "--streaming"], output_dir=str(tmp_path), record_state=False)
+        thread.join()
+        assert report.ok, report.error
+        ids = [id_ for op, id_ in changes(tmp_path)]
+        assert sorted(ids) == list(range(12)) and len(ids) == 12  # every insert once, across ticks
+        left = execute("postgres", f"SELECT count(*) FROM pg_logical_slot_peek_changes('{table}', NULL, NULL)", fetch=True)[0][0]
+        assert left < 12 * 3  # the slot was advanced while streaming (at most the last tick remains)
+    finally:
+        thread.join()
+        execute("postgres", f"SELECT pg_drop_replication_slot('{table}') WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{table}')")
+        execute("postgres", f"DROP TABLE IF EXISTS {table}")
