@@ -31,6 +31,7 @@ EXTRAS = {
     "rabbitmq": ["pika>=1.3"],
     "streams": ["websockets>=13", "httpx-sse>=0.4"],
     "quality": ["datasketches>=5"],
+    "sketches": ["datasketches>=5"],  # approximate: true (HLL/KLL) in aggregate and profile
     "gx": ["great_expectations==1.24.1"],
 }
 EXTRAS["test"] = sorted(

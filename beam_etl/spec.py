@@ -105,6 +105,20 @@ class PipelineSpec:
 # --------------------------------------------------------------------------- loading
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as booleans,
+    which turns a join's or pivot's ``on:`` key into ``True``."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 class _LineIndex:
     """Spec path -> YAML line, from the composed node tree."""
 
@@ -152,8 +166,8 @@ def _read_document(source: str | Path | Mapping[str, Any]) -> tuple[Any, _LineIn
                 SpecIssue("", f"invalid JSON in '{path}': {exc.msg}", line=exc.lineno)
             ) from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_SpecLoader)
+        data = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise SpecError(

@@ -164,3 +164,12 @@ def test_validate_cli_prints_all_errors_and_exits_2(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "beam_etl", "validate", str(write(tmp_path, GOOD, "good.yaml"))], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("ok: 'orders'")
+
+
+def test_yaml_on_and_yes_stay_strings(tmp_path):
+    import yaml as _yaml
+
+    from beam_etl.spec import _SpecLoader
+
+    data = _yaml.load("on: {id: customer_id}\nanswer: yes\nflag: true\noff_key: off\n", Loader=_SpecLoader)
+    assert data == {"on": {"id": "customer_id"}, "answer": "yes", "flag": True, "off_key": "off"}
