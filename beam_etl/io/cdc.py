@@ -15,9 +15,10 @@ Bounded mode (default): read the changes up to "now" (the current WAL LSN / binl
 at the start) and stop — for batch pipelines and tests; each run picks up where the last
 successful one stopped.
 
-Streaming mode (``streaming: true``, PostgreSQL; run with ``--streaming``): a
+Streaming mode (``streaming: true``; run with ``--streaming``): a
 ``PeriodicImpulse`` ticks every ``poll_seconds`` and each tick emits the transactions
-committed since the last one. The slot is advanced when the runner finalizes the bundle
+committed since the last one. The slot (PostgreSQL) or the stored binlog position (MySQL) is
+advanced when the runner finalizes the bundle
 (Beam's bundle finalization) or, on runners that do not finalize bundles (Prism 2.77), at
 the start of the next tick — in both cases after the runner has committed the previous
 tick's output. At-least-once: after a crash, the changes since the last advance are read
@@ -306,22 +307,67 @@ def build_postgres_cdc(spec: PostgresCdcSource, root, ctx: BuildContext) -> Step
 # --------------------------------------------------------------------------- MySQL
 
 
+def _master_position(db: Database, name: str, url: str) -> dict:
+    try:
+        with db.connect() as connection:
+            cursor = connection.cursor()
+            cursor.execute("SHOW MASTER STATUS")
+            row = cursor.fetchone()
+            cursor.close()
+    except Exception as exc:
+        raise SourceError(f"source '{name}' ({redact_url(url)}): {_first_line(exc)}") from None
+    if row is None:
+        raise SourceError(f"source '{name}': the server has no binlog; enable log_bin and binlog_format=ROW")
+    return {"file": row[0], "pos": int(row[1])}
+
+
+def _store_position(state_url: str | None, pipeline: str, source: str, position: dict) -> None:
+    from beam_etl.state import StateStore
+
+    store = StateStore(state_url)
+    try:
+        store.set_watermark(pipeline, source, position)
+    finally:
+        store.close()
+
+
 class _ReadMysqlChangesFn(beam.DoFn):
-    def __init__(self, name: str, spec: MysqlCdcSource, batch_rows: int, start: dict | None, end: dict, scratch: str | None):
+    """Bounded: read from ``start`` to ``end``. Streaming (``end`` None): each tick reads from
+    where the last tick stopped to the current binlog end; the position is stored in the state
+    store on bundle finalization or at the next tick (after the runner committed the output)."""
+
+    def __init__(self, name: str, spec: MysqlCdcSource, batch_rows: int, start: dict | None, end: dict | None, state: tuple[str | None, str] | None = None):
         self._name, self._spec, self._batch_rows = name, spec, batch_rows
-        self._start, self._end, self._scratch = start, end, scratch
+        self._start, self._end, self._state = start, end, state
 
     def setup(self) -> None:
         self._counters = StepCounters("source", self._name)
 
-    def process(self, _seed: Any):
+    def process(self, _tick: Any, finalizer=beam.DoFn.BundleFinalizerParam):
+        if self._end is not None:
+            yield from self._read(self._start, self._end)
+            return
+        state_url, pipeline = self._state
+        key = f"mysql:{pipeline}:{self._name}"
+        position = _STREAM_POSITIONS.setdefault(key, {"next": self._start, "ack": None})
+        if position["ack"] is not None:
+            _store_position(state_url, pipeline, self._name, position["ack"])
+            position["ack"] = None
+        end = _master_position(Database("mysql", self._spec.url, f"source '{self._name}'"), self._name, self._spec.url)
+        if position["next"] is not None and (position["next"]["file"], position["next"]["pos"]) >= (end["file"], end["pos"]):
+            return
+        yield from self._read(position["next"], end)
+        position["next"] = position["ack"] = end
+        finalizer.register(lambda: _store_position(state_url, pipeline, self._name, end))
+
+    def _read(self, start: dict | None, end: dict):
         from pymysqlreplication import BinLogStreamReader
         from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
         spec = self._spec
         kwargs = _mysql_kwargs(spec.url)
         settings = {k: kwargs[k] for k in ("host", "port", "user", "password")}
-        start = self._start or {}
+        start = start or {}
         stream = BinLogStreamReader(
             connection_settings=settings,
             server_id=spec.server_id,
@@ -333,9 +379,8 @@ class _ReadMysqlChangesFn(beam.DoFn):
             only_schemas=sorted({t.split(".")[0] for t in spec.tables}) if spec.tables else None,
             only_tables=sorted({t.split(".")[-1] for t in spec.tables}) if spec.tables else None,
         )
-        end_key = (self._end["file"], self._end["pos"])
+        end_key = (end["file"], end["pos"])
         pending: list[dict] = []
-        last = None
         try:
             for event in stream:
                 file, pos = stream.log_file, stream.log_pos
@@ -360,7 +405,6 @@ class _ReadMysqlChangesFn(beam.DoFn):
                             "commit_ts": ts,
                         }
                     )
-                last = {"file": file, "pos": pos}
                 if len(pending) >= self._batch_rows:
                     yield self._emit(pending)
                     pending = []
@@ -381,33 +425,14 @@ def _mysql_prepare(spec: MysqlCdcSource, ctx: BuildContext, name: str) -> tuple[
     """Driver side: the stored start position, the current end, and the hook to advance."""
     from beam_etl.state import StateStore
 
-    db = Database("mysql", spec.url, f"source '{name}'")
-    try:
-        with db.connect() as connection:
-            cursor = connection.cursor()
-            cursor.execute("SHOW MASTER STATUS")
-            row = cursor.fetchone()
-            cursor.close()
-    except Exception as exc:
-        raise SourceError(f"source '{name}' ({redact_url(spec.url)}): {_first_line(exc)}") from None
-    if row is None:
-        raise SourceError(f"source '{name}': the server has no binlog; enable log_bin and binlog_format=ROW")
-    end = {"file": row[0], "pos": int(row[1])}
+    end = _master_position(Database("mysql", spec.url, f"source '{name}'"), name, spec.url)
     store = StateStore(ctx.state_url)
     try:
         start = store.get_watermark(ctx.pipeline_name, name)
     finally:
         store.close()
-
-    def acknowledge() -> None:
-        store = StateStore(ctx.state_url)
-        try:
-            store.set_watermark(ctx.pipeline_name, name, end)
-        finally:
-            store.close()
-
-    if ctx.lifecycle is not None:
-        ctx.lifecycle.on_success(acknowledge)
+    if ctx.lifecycle is not None and not spec.streaming:
+        ctx.lifecycle.on_success(lambda: _store_position(ctx.state_url, ctx.pipeline_name, name, end))
     return start, end
 
 
@@ -419,16 +444,18 @@ class ReadMysqlChanges(beam.PTransform):
         ...                      end={"file": "mysql-bin.000003", "pos": 1234})  # doctest: +SKIP
     """
 
-    def __init__(self, name: str, spec: MysqlCdcSource, start: dict | None, end: dict, batch_rows: int = 10_000):
+    def __init__(self, name: str, spec: MysqlCdcSource, start: dict | None, end: dict, batch_rows: int = 10_000, state: tuple[str | None, str] | None = None):
         super().__init__()
         self._name, self._spec, self._start, self._end = name, spec, start, end
         self._batch_rows = spec.batch_rows or batch_rows
+        self._state = state or (None, name)
 
     def expand(self, pbegin) -> StepOutputs:
+        end = None if self._spec.streaming else self._end
         batches = (
             pbegin
-            | "seed" >> beam.Create([None])
-            | "changes" >> beam.ParDo(_ReadMysqlChangesFn(self._name, self._spec, self._batch_rows, self._start, self._end, None)).with_output_types(pa.RecordBatch)
+            | "ticks" >> _ticks(self._spec)
+            | "changes" >> beam.ParDo(_ReadMysqlChangesFn(self._name, self._spec, self._batch_rows, self._start, end, self._state)).with_output_types(pa.RecordBatch)
         )
         return StepOutputs(main=batches)
 
@@ -436,4 +463,4 @@ class ReadMysqlChanges(beam.PTransform):
 @register_source("mysql_cdc", MysqlCdcSource)
 def build_mysql_cdc(spec: MysqlCdcSource, root, ctx: BuildContext) -> StepOutputs:
     start, end = _mysql_prepare(spec, ctx, ctx.name)
-    return root | ctx.label() >> ReadMysqlChanges(ctx.name, spec, start, end, ctx.batch_rows)
+    return root | ctx.label() >> ReadMysqlChanges(ctx.name, spec, start, end, ctx.batch_rows, (ctx.state_url, ctx.pipeline_name))
