@@ -168,7 +168,12 @@ def build_graph(
 
 def _dlq_sink_model(spec: PipelineSpec) -> SinkModel:
     entry = registry.SINKS[spec.dlq.type]
-    return entry.model.model_validate({"type": spec.dlq.type, "input": DLQ_NAME, "path": spec.dlq.path})
+    fields = {"type": spec.dlq.type, "input": DLQ_NAME}
+    if spec.dlq.type == "kafka":
+        fields.update(bootstrap_servers=spec.dlq.bootstrap_servers, topic=spec.dlq.topic)
+    else:
+        fields["path"] = spec.dlq.path
+    return entry.model.model_validate(fields)
 
 
 # --------------------------------------------------------------------------- run summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from beam_etl.errors import SpecIssue
 
@@ -144,14 +144,30 @@ class SinkModel(StrictModel):
 
 
 class DlqModel(StrictModel):
-    type: Literal["ndjson", "parquet"] = "ndjson"
+    """Spec block ``dlq:`` — files (``ndjson``/``parquet`` under ``path``) or a Kafka topic.
+
+    ``{type: kafka, bootstrap_servers, topic}`` produces each DLQ row as a JSON message
+    (through the registered ``kafka`` sink).
+    """
+
+    type: Literal["ndjson", "parquet", "kafka"] = "ndjson"
     path: str = "dlq/"
+    bootstrap_servers: str | None = None
+    topic: str | None = None
     max_error_rate: float | None = Field(
         default=None,
         ge=0,
         le=1,
         description="fail the run when more than this fraction of source rows end in the DLQ",
     )
+
+    @model_validator(mode="after")
+    def _kafka_needs_a_topic(self) -> "DlqModel":
+        if self.type == "kafka" and not (self.bootstrap_servers and self.topic):
+            raise ValueError("a kafka DLQ needs bootstrap_servers and topic, e.g. {type: kafka, bootstrap_servers: 'localhost:9092', topic: dlq}")
+        if self.type != "kafka" and (self.bootstrap_servers or self.topic):
+            raise ValueError(f"bootstrap_servers/topic belong to a kafka DLQ; a {self.type} DLQ takes path")
+        return self
 
 
 def model_dump_public(model: BaseModel) -> dict[str, Any]:

@@ -332,6 +332,13 @@ class _FinalizeFn(beam.DoFn):
         yield from finals
 
 
+def _streaming(pcoll: PCollection) -> bool:
+    """True for an unbounded input or a ``--streaming`` pipeline (the batch finalize never runs there)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return not pcoll.is_bounded or bool(pcoll.pipeline.options.view_as(StandardOptions).streaming)
+
+
 def check_target(target: _Target, name: str) -> None:
     """Raise :class:`SinkError` before the run when the target cannot be written as asked:
     ``error_if_exists`` and the target has files, or a directory target that is a file."""
@@ -436,6 +443,10 @@ class WriteToFiles(beam.PTransform):
 
     def expand(self, pcoll: PCollection) -> StepOutputs:
         check_target(self._target, self._name)
+        if _streaming(pcoll):  # no end to wait for: write each window pane as it comes (files_windowed)
+            from beam_etl.io.files_windowed import WriteWindowedFiles
+
+            return pcoll | "panes" >> WriteWindowedFiles(self._target, self._options, self._name)
         if self._num_shards:
             results = (
                 pcoll

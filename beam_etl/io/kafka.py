@@ -1,5 +1,10 @@
 """Kafka source and sink in pure Python (kafka-python): no Java expansion service needed.
 
+Source, two modes. ``streaming: true`` (or unset in a pipeline run with ``--streaming``) reads
+each partition without end, as a splittable DoFn with a watermark from record timestamps
+and offsets committed when the runner finalizes each bundle — see
+:mod:`beam_etl.io.kafka_streaming`. Otherwise the read is bounded:
+
 Source (bounded): at graph-build time the driver reads each partition's committed offset
 for ``group_id`` (or the earliest) and its end offset; workers read the ranges
 ``[start, end)`` in parallel, one range per partition. The group's offsets are committed
@@ -15,6 +20,8 @@ Example spec::
 
     sources:
       orders: {type: kafka, bootstrap_servers: "localhost:9092", topic: orders, group_id: etl}
+      clicks: {type: kafka, bootstrap_servers: "localhost:9092", topic: clicks, group_id: etl,
+               streaming: true, watermark_delay_seconds: 5, idle_seconds: 30}
     sinks:
       out: {type: kafka, input: valid, bootstrap_servers: "localhost:9092", topic: orders_clean, key: id}
 """
@@ -37,7 +44,7 @@ from beam_etl.models import SinkModel, SourceModel, schema_from_spec
 from beam_etl.registry import register_sink, register_source
 from beam_etl.steps import BuildContext, StepCounters, StepOutputs
 
-__all__ = ["KafkaSource", "KafkaSink", "ReadFromKafka", "WriteToKafka", "plan_offsets"]
+__all__ = ["KafkaSource", "KafkaSink", "ReadFromKafka", "WriteToKafka", "plan_offsets", "add_record"]
 
 
 class KafkaSource(SourceModel, MessageFormat):
@@ -48,6 +55,26 @@ class KafkaSource(SourceModel, MessageFormat):
     start: Literal["committed", "earliest", "latest"] = "committed"
     poll_timeout_ms: int = Field(default=1000, ge=10)
     consumer_config: dict[str, Any] = Field(default_factory=dict)
+    streaming: bool | None = Field(
+        default=None, description="read without end (unbounded); default: when the pipeline runs with --streaming"
+    )
+    batch_seconds: float = Field(default=1.0, gt=0, description="streaming: how long one read collects before it emits and checkpoints")
+    watermark_delay_seconds: float = Field(
+        default=0.0, ge=0, description="streaming: the watermark trails the newest record timestamp by this much"
+    )
+    idle_seconds: float | None = Field(
+        default=10.0, gt=0, description="streaming: a caught-up partition quiet this long moves its watermark to now; null: never"
+    )
+
+    def is_streaming(self, pipeline: Any = None) -> bool:
+        """``streaming`` if set, else whether ``pipeline`` runs with ``--streaming``."""
+        if self.streaming is not None:
+            return self.streaming
+        if pipeline is None:
+            return False
+        from apache_beam.options.pipeline_options import StandardOptions
+
+        return bool(pipeline.options.view_as(StandardOptions).streaming)
 
 
 class KafkaSink(SinkModel, MessageFormat):
@@ -107,6 +134,29 @@ def commit_offsets(spec: KafkaSource, plan: list[dict[str, int]]) -> None:
         consumer.close()
 
 
+def add_record(batcher: MicroBatcher, decode, record, source: str, step: str) -> None:
+    """Decode one Kafka record into ``batcher`` with its metadata columns; undecodable -> DLQ.
+
+    Per record by nature (a message is one payload): key, headers and timestamp are Python
+    values here, and the batcher builds the Arrow batch.
+    """
+    try:
+        rows = decode(record.value)
+    except DecodeError as exc:
+        raw = record.value.decode("utf-8", "replace") if isinstance(record.value, bytes) else str(record.value)
+        batcher.dead.append(dlq_batch(None, step=step, error_type="kafka.decode", error_message=str(exc), source=f"{source}@{record.offset}", records=[raw]))
+        return
+    meta = {
+        "_key": record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else record.key,
+        "_partition": record.partition,
+        "_offset": record.offset,
+        "_timestamp": dt.datetime.fromtimestamp(record.timestamp / 1000, tz=dt.timezone.utc) if record.timestamp is not None else None,
+        "_headers": json.dumps({k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in (record.headers or [])}) if record.headers else None,
+    }
+    for row in rows:
+        batcher.add_record({**row, **meta})
+
+
 class _ReadPartitionFn(beam.DoFn):
     def __init__(self, name: str, spec: KafkaSource, batch_rows: int):
         self._name, self._spec, self._batch_rows = name, spec, batch_rows
@@ -136,30 +186,13 @@ class _ReadPartitionFn(beam.DoFn):
                         position = part["end"]
                         break
                     position = record.offset + 1
-                    self._add(batcher, record, source)
+                    add_record(batcher, self._decode, record, source, self._name)
                     yield from self._emit(batcher, batcher.due())
                 if not polled and consumer.position(tp) >= part["end"]:
                     break
             yield from self._emit(batcher, batcher.flush())
         finally:
             consumer.close()
-
-    def _add(self, batcher: MicroBatcher, record, source: str) -> None:
-        try:
-            rows = self._decode(record.value)
-        except DecodeError as exc:
-            raw = record.value.decode("utf-8", "replace") if isinstance(record.value, bytes) else str(record.value)
-            batcher.dead.append(dlq_batch(None, step=self._name, error_type="kafka.decode", error_message=str(exc), source=f"{source}@{record.offset}", records=[raw]))
-            return
-        meta = {
-            "_key": record.key.decode("utf-8", "replace") if isinstance(record.key, bytes) else record.key,
-            "_partition": record.partition,
-            "_offset": record.offset,
-            "_timestamp": dt.datetime.fromtimestamp(record.timestamp / 1000, tz=dt.timezone.utc) if record.timestamp is not None else None,
-            "_headers": json.dumps({k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in (record.headers or [])}) if record.headers else None,
-        }
-        for row in rows:
-            batcher.add_record({**row, **meta})
 
     def _emit(self, batcher: MicroBatcher, batches):
         for batch in batches:
@@ -173,6 +206,16 @@ class _ReadPartitionFn(beam.DoFn):
 class ReadFromKafka(beam.PTransform):
     """Read the offset ranges of ``plan`` (see :func:`plan_offsets`) in parallel, one per partition.
 
+    When the source streams (``spec.streaming``, or unset and the pipeline runs with
+    ``--streaming``) each partition is read from its planned start without end
+    (:class:`beam_etl.io.kafka_streaming.ReadKafkaStream`); otherwise up to the planned end.
+
+    Args:
+        name: the source name (counters, DLQ rows).
+        spec: the :class:`KafkaSource`.
+        plan: per partition ``{partition, start, end}`` from :func:`plan_offsets`.
+        batch_rows: rows per batch when the spec does not say.
+
     Example:
         >>> spec = KafkaSource(type="kafka", bootstrap_servers="localhost:9092", topic="t", group_id="g")
         >>> p | ReadFromKafka("orders", spec, plan_offsets(spec))  # doctest: +SKIP
@@ -184,6 +227,10 @@ class ReadFromKafka(beam.PTransform):
         self._batch_rows = spec.batch_rows or batch_rows
 
     def expand(self, pbegin) -> StepOutputs:
+        if self._spec.is_streaming(pbegin.pipeline):
+            from beam_etl.io.kafka_streaming import ReadKafkaStream
+
+            return pbegin | "stream" >> ReadKafkaStream(self._name, self._spec, self._plan, self._batch_rows)
         results = (
             pbegin
             | "partitions" >> beam.Create(self._plan)
@@ -198,7 +245,8 @@ class ReadFromKafka(beam.PTransform):
 @register_source("kafka", KafkaSource)
 def build_kafka_source(spec: KafkaSource, root, ctx: BuildContext) -> StepOutputs:
     plan = plan_offsets(spec)
-    if ctx.lifecycle is not None:
+    if ctx.lifecycle is not None and not spec.is_streaming(root):
+        # Streaming commits as the runner finalizes bundles (kafka_streaming); bounded after the run.
         ctx.lifecycle.on_success(lambda: commit_offsets(spec, plan))
     return root | ctx.label() >> ReadFromKafka(ctx.name, spec, plan, ctx.batch_rows)
 
