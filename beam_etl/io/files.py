@@ -1,5 +1,7 @@
 """File sources and sinks: CSV, JSON, NDJSON, Parquet, Avro, Excel in; CSV, NDJSON, JSON,
-Parquet, Avro out — on any filesystem Beam knows (local, ``s3://``, ``gs://`` once configured).
+Parquet, Avro out — on any filesystem Beam knows: local, ``s3://``, ``gs://``, ``azure://``
+(endpoint and credentials from a ``storage:`` block, Beam options or the environment; see
+:mod:`beam_etl.io.cloud`).
 
 Spec entries::
 
@@ -45,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
+from beam_etl.io.cloud import StorageOptions, check_storage
 from beam_etl.models import SinkModel, SourceModel, schema_from_spec
 from beam_etl.registry import register_sink, register_source
 
@@ -98,26 +101,36 @@ def __getattr__(name: str) -> Any:
 
 
 class _FileSource(SourceModel):
-    """A file, a directory, a glob, or a list of them."""
+    """A file, a directory, a glob, or a list of them; on an object store, ``storage`` says how
+    to reach it (see :mod:`beam_etl.io.cloud`)."""
 
     path: str | list[str]
+    storage: StorageOptions | None = None
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> "_FileSource":
+        check_storage(self._paths(), self.storage)  # raises ValueError with the fix
+        return self
 
     def _paths(self) -> list[str]:
         return [self.path] if isinstance(self.path, str) else list(self.path)
 
     def _options(self) -> dict[str, Any]:
         """Format options for :class:`ReadFromFiles` (the fields beyond the common ones)."""
-        common = {"type", "schema_", "batch_rows", "description", "path"}
+        common = {"type", "schema_", "batch_rows", "description", "path", "storage"}
         return {name: getattr(self, name) for name in type(self).model_fields if name not in common}
 
     def known_schema(self) -> pa.Schema | None:
         """The declared schema plus what the first local file's header/footer/first rows say.
 
-        Reads at most the first MiB of one file; None for remote paths or on any error.
+        Reads at most the first MiB of one file; None for remote paths (their other columns are
+        not known before the run) or on any error.
         """
         try:
             declared = schema_from_spec(self.schema_)
         except ValueError:
+            return None
+        if any("://" in path for path in self._paths()):
             return None
         try:
             from beam_etl.io import files_formats as fmt
@@ -241,6 +254,7 @@ def _build_source(spec: _FileSource, root: Any, ctx: "BuildContext") -> "StepOut
         schema=schema_from_spec(spec.schema_),
         batch_rows=spec.batch_rows or ctx.batch_rows,
         name=ctx.name,
+        storage=spec.storage,
         **spec._options(),
     )
     return root | ctx.label() >> read
@@ -293,12 +307,14 @@ class _FileSink(SinkModel):
     num_shards: int | None = Field(default=None, gt=0)
     single_file: bool = False
     compression: str | None = None
+    storage: StorageOptions | None = None
 
     @model_validator(mode="after")
     def _check_sink(self) -> "_FileSink":
         from beam_etl.io.files_formats import check_compression
 
         check_compression(self.type, self.compression)
+        check_storage([self.path], self.storage)
         if self.writes_single_file() and self.mode == "append":
             raise ValueError("mode append adds files next to the old ones: give a directory path (ending in '/'), not a single file")
         if self.single_file and self.num_shards not in (None, 1):
@@ -315,7 +331,7 @@ class _FileSink(SinkModel):
         return False
 
     def _options(self) -> dict[str, Any]:
-        common = {"type", "input", "description", "path", "mode", "num_shards", "single_file", "compression"}
+        common = {"type", "input", "description", "path", "mode", "num_shards", "single_file", "compression", "storage"}
         return {name: getattr(self, name) for name in type(self).model_fields if name not in common}
 
 
@@ -362,6 +378,7 @@ def _build_sink(spec: _FileSink, pcoll: Any, ctx: "BuildContext") -> "StepOutput
         compression=spec.compression,
         name=ctx.name,
         run_id=ctx.job_id if ctx.job_id not in (None, "", "local") else None,
+        storage=spec.storage,
         **spec._options(),
     )
     return pcoll | ctx.label() >> write

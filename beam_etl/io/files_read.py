@@ -46,6 +46,7 @@ from apache_beam.pvalue import PBegin, TaggedOutput
 
 from beam_etl.batch import DEFAULT_BATCH_ROWS, split_batch
 from beam_etl.errors import SourceError
+from beam_etl.io import cloud
 from beam_etl.io import files_formats as fmt
 from beam_etl.io.files_formats import CsvOptions, Rejects
 from beam_etl.models import schema_from_spec
@@ -61,6 +62,8 @@ __all__ = [
     "ReadExcel",
     "match_files",
 ]
+
+cloud.register_filesystems()  # azure:// in Beam's FileSystems, here and on every worker
 
 #: Options each format accepts (besides ``schema``, ``batch_rows``, ``name``, ``split_bytes``).
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -620,6 +623,9 @@ class ReadFromFiles(beam.PTransform):
             (or its footer/header), and are coerced the same way.
         batch_rows: at most this many rows per output batch.
         name: the source name (counters, DLQ ``step``); defaults to the path's base name.
+        storage: how to reach an object store (``s3://``, ``gs://``, ``azure://``): endpoint
+            and credentials, see :class:`beam_etl.io.cloud.StorageOptions`; default: Beam's
+            pipeline options and the environment.
         split_bytes: byte-range size large text files are split into; Parquet row groups
             are bundled into one work item up to this many (uncompressed) bytes.
         **options: per format — csv: ``delimiter``, ``quote``, ``header``, ``encoding``,
@@ -648,6 +654,7 @@ class ReadFromFiles(beam.PTransform):
         batch_rows: int = DEFAULT_BATCH_ROWS,
         name: str | None = None,
         split_bytes: int = fmt.DEFAULT_SPLIT_BYTES,
+        storage: cloud.StorageOptions | Mapping[str, Any] | None = None,
         **options: Any,
     ):
         super().__init__()
@@ -658,6 +665,8 @@ class ReadFromFiles(beam.PTransform):
             raise ValueError(f"path must be a non-empty string or list of strings, got {path!r}")
         if batch_rows <= 0:
             raise ValueError(f"batch_rows must be positive, got {batch_rows}")
+        paths = [cloud.beam_path(p) for p in paths]
+        self._storage = cloud.storage_options(storage, paths)
         self._paths = paths
         self._format = format
         self._declared = schema if isinstance(schema, pa.Schema) or schema is None else schema_from_spec(dict(schema))
@@ -666,6 +675,7 @@ class ReadFromFiles(beam.PTransform):
         self._config = _config(format, options, split_bytes)
 
     def expand(self, pbegin: PBegin) -> StepOutputs:
+        cloud.configure_pipeline(pbegin.pipeline, self._paths, self._storage, name=self._name, kind="source", error=SourceError)
         target = _target_schema(self._paths, self._config, self._declared, self._name)
         declared = frozenset(self._declared.names) if self._declared is not None else frozenset()
         results = (

@@ -46,6 +46,7 @@ from apache_beam.transforms.window import GlobalWindows
 from beam_etl.batch import align_to_schema
 from beam_etl.dlq import dlq_batch
 from beam_etl.errors import SinkError
+from beam_etl.io import cloud
 from beam_etl.io import files_formats as fmt
 from beam_etl.steps import StepCounters, StepOutputs
 
@@ -53,6 +54,8 @@ __all__ = ["WriteToFiles", "MODES", "TEMP_PREFIX"]
 
 MODES = ("overwrite", "append", "error_if_exists")
 TEMP_PREFIX = ".beam_etl-temp-"
+
+cloud.register_filesystems()  # azure:// in Beam's FileSystems, here and on every worker
 
 #: Options each format accepts (besides mode, num_shards, single_file, compression, name).
 FORMAT_OPTIONS: dict[str, tuple[str, ...]] = {
@@ -232,17 +235,42 @@ class _WriteMixin:
         if bad is not None and bad.num_rows:
             yield self._reject(bad, reason)
         if good.num_rows:
-            problem = files.write(good)
+            problem = self._store(files.write, good)
             if problem is not None:
                 yield self._reject(good, problem)
             else:
                 counters.rows_out.inc(good.num_rows)
+
+    def _store(self, action: Any, *args: Any) -> Any:
+        """Run a temp-file write or close; a storage failure (a connection still dropped after
+        the client's retries, a denied upload) becomes one :class:`SinkError` naming the cause."""
+        try:
+            return action(*args)
+        except SinkError:
+            raise
+        except Exception as exc:
+            raise _write_failed(self._target, self._name, exc) from exc
 
     def _reject(self, rows: pa.RecordBatch, reason: str) -> TaggedOutput:
         self._counters.rows_dlq.inc(rows.num_rows)
         return TaggedOutput(
             "dlq", dlq_batch(rows, step=self._name, error_type=f"{self._target.format}.write", error_message=reason, source=self._target.path)
         )
+
+
+def _write_failed(target: _Target, name: str, exc: BaseException) -> SinkError:
+    # The first exception of the chain says what happened: Beam's object-store clients re-raise
+    # (and sometimes fail while wrapping) the SDK's error, e.g. a reset connection.
+    root, seen = exc, {id(exc)}
+    while (root.__cause__ or root.__context__) is not None and id(root.__cause__ or root.__context__) not in seen:
+        root = root.__cause__ or root.__context__
+        seen.add(id(root))
+    text = (str(root).strip().splitlines() or [""])[0]
+    return SinkError(
+        f"sink '{name}': writing a temp file under '{target.temp_dir}' failed ({type(root).__name__}: {text}); "
+        f"nothing was renamed into '{target.path}'. Fix the cause (is the store reachable?) and rerun; "
+        "the hidden temp directory can be deleted"
+    )
 
 
 class _WriteBundleFn(_WriteMixin, beam.DoFn):
@@ -258,7 +286,7 @@ class _WriteBundleFn(_WriteMixin, beam.DoFn):
         yield from self._write_batch(self._files, batch)
 
     def finish_bundle(self) -> Iterator[Any]:
-        self._files.close()
+        self._store(self._files.close)
         for path, rows in self._files.done:
             yield GlobalWindows.windowed_value(_TempFile(0, path, rows))
 
@@ -289,7 +317,7 @@ class _WriteShardFn(_WriteMixin, beam.DoFn):
         files = _FileSet(self._target, self._options, allow_rollover=not self._target.single_file)
         for batch in batches:
             yield from self._write_batch(files, batch)
-        files.close()
+        self._store(files.close)
         for path, rows in files.done:
             yield _TempFile(shard, path, rows)
 
@@ -379,6 +407,9 @@ class WriteToFiles(beam.PTransform):
             avro: ``null`` (default), ``deflate``, ``snappy``, ``zstandard``, ``bzip2``, ``xz``.
         name: the sink name (counters, DLQ ``step``).
         run_id: names ``append`` files ``part-<run_id>-00000-of-00002``; default random.
+        storage: how to reach an object store (``s3://``, ``gs://``, ``azure://``): endpoint
+            and credentials, see :class:`beam_etl.io.cloud.StorageOptions`; default: Beam's
+            pipeline options and the environment.
         **options: csv: ``delimiter``, ``header``; parquet: ``row_group_rows`` (default 131072).
 
     Returns a :class:`~beam_etl.steps.StepOutputs`: ``main`` the final file names (after
@@ -400,6 +431,7 @@ class WriteToFiles(beam.PTransform):
         compression: str | None = None,
         name: str | None = None,
         run_id: str | None = None,
+        storage: cloud.StorageOptions | Mapping[str, Any] | None = None,
         **options: Any,
     ):
         super().__init__()
@@ -409,6 +441,8 @@ class WriteToFiles(beam.PTransform):
             raise ValueError(f"unknown mode '{mode}'; use one of {', '.join(MODES)}")
         if not isinstance(path, str) or not path:
             raise ValueError(f"path must be a non-empty string, got {path!r}")
+        path = cloud.beam_path(path)
+        self._storage = cloud.storage_options(storage, [path])
         if num_shards is not None and num_shards <= 0:
             raise ValueError(f"num_shards must be positive, got {num_shards}")
         if single_file and num_shards not in (None, 1):
@@ -442,6 +476,7 @@ class WriteToFiles(beam.PTransform):
         self._name = name or os.path.basename(path.rstrip("/")) or "files"
 
     def expand(self, pcoll: PCollection) -> StepOutputs:
+        cloud.configure_pipeline(pcoll.pipeline, [self._target.path], self._storage, name=self._name, kind="sink", error=SinkError)
         check_target(self._target, self._name)
         if _streaming(pcoll):  # no end to wait for: write each window pane as it comes (files_windowed)
             from beam_etl.io.files_windowed import WriteWindowedFiles
