@@ -227,6 +227,7 @@ class _GxRunner:
             meta = dict(data["expectation_config"].get("meta") or {})
             index = meta.pop("beam_etl_index")
             data["expectation_config"]["meta"] = meta
+            data["exception_info"] = _flat_exception_info(data.get("exception_info"))
             results[index] = data
         return results  # type: ignore[return-value]
 
@@ -242,6 +243,17 @@ class _GxRunner:
             except Exception as exc:  # GX raises pydantic and its own errors here
                 errors.append(f"{config.type}: {str(exc).splitlines()[0]}")
         return errors
+
+
+def _flat_exception_info(info: Any) -> dict[str, Any]:
+    """GX reports one exception_info, or one per failing metric keyed by metric id: flatten."""
+    if not isinstance(info, dict) or "raised_exception" in info:
+        return info or {"raised_exception": False, "exception_traceback": None, "exception_message": None}
+    raised = [value for value in info.values() if isinstance(value, dict) and value.get("raised_exception")]
+    if not raised:
+        return {"raised_exception": False, "exception_traceback": None, "exception_message": None}
+    first = raised[0]
+    return {"raised_exception": True, "exception_traceback": first.get("exception_traceback"), "exception_message": first.get("exception_message")}
 
 
 _RUNNER: _GxRunner | None = None

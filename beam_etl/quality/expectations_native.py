@@ -190,12 +190,28 @@ def _nan_missing(t: pa.DataType) -> bool:
     return _is_number(t) or _is_text(t)
 
 
+#: pandas' missing marker in text columns: one shared NaN object (so GX's Counter groups them).
+_TEXT_NAN = float("nan")
+
+
+def _missing_as_pandas(value: Any, t: pa.DataType) -> Any:
+    if value is None and _nan_missing(t):
+        return _TEXT_NAN if _is_text(t) else float("nan")
+    if isinstance(value, float) and math.isnan(value) and _is_text(t):
+        return _TEXT_NAN
+    return value
+
+
 def _python_values(array: pa.Array, missing: pa.Array | None = None) -> list[Any]:
+    """Values as GX sees them in pandas: missing numbers are distinct NaN objects (from
+    ``tolist()``, never equal, counted apart), missing text is pandas' one shared NaN."""
     values = array.to_pylist()
     if missing is not None and _nan_missing(array.type):
         flags = missing.to_pylist()
-        # a fresh NaN object per missing value: pandas' NaNs never compare (or count) equal
-        values = [float("nan") if flag else v for v, flag in zip(values, flags)]
+        if _is_text(array.type):
+            values = [_TEXT_NAN if flag else v for v, flag in zip(values, flags)]
+        else:
+            values = [float("nan") if flag else v for v, flag in zip(values, flags)]
     return values
 
 
@@ -1075,7 +1091,7 @@ class ExpectCompoundColumnsToBeUnique(_UniqueBase):
         out = []
         for pos, row in partial:
             # pandas shows missing values as NaN in numeric and text columns
-            out.append((pos, {k: (float("nan") if v is None and _nan_missing(t) else v) for (k, v), t in zip(row.items(), self._missing_types)}))
+            out.append((pos, {k: _missing_as_pandas(v, t) for (k, v), t in zip(row.items(), self._missing_types)}))
         return out
 
 
@@ -1120,8 +1136,24 @@ class ExpectColumnPairValuesAToBeGreaterThanB(_MapExpectation):
 # --------------------------------------------------------------------------- aggregate expectations
 
 
+class _NaT:
+    """pandas' NaT as a metric value: a datetime that compares False, and raises with numbers."""
+
+    def __repr__(self) -> str:
+        return "NaT"
+
+
+NAT = _NaT()
+
+
 def metric_between(kwargs: dict[str, Any], value: Any, lo: Any, hi: Any) -> dict[str, Any]:
     """GX's ``_validate_metric_value_between``: success and ``observed_value``."""
+    if value is NAT:
+        for bound in (lo, hi):
+            if bound is not None and not isinstance(bound, _dt.date):
+                op = ">=" if bound is lo else "<="
+                return _failed(f"'{op}' not supported between instances of 'NaTType' and '{type(bound).__name__}'")
+        return {"success": lo is None and hi is None, "result": {"observed_value": None}, "exception_info": _exception_info()}
     if value is None or (not isinstance(value, _dt.datetime) and isinstance(value, float) and math.isnan(value)):
         return {"success": False, "result": {"observed_value": None}, "exception_info": _exception_info()}
     try:
@@ -1201,8 +1233,11 @@ class ExpectColumnMeanToBeBetween(_MomentsAggregate):
     what = "mean"
 
     def value(self, state):
+        # sum / count like pandas (exact for integers), not the running Welford mean
         m = state["moments"]
-        return m.mean if m.count else None
+        if not m.count:
+            return None
+        return (state["int_sum"] if state["is_int"] else m.total) / m.count
 
 
 class ExpectColumnStdevToBeBetween(_MomentsAggregate):
@@ -1228,6 +1263,8 @@ class _MinMax(_Aggregate):
         return {"error": None, "value": None}
 
     def accumulate(self, state, present):
+        if pa.types.is_timestamp(present.type):
+            state["temporal"] = True
         if len(present) == 0:
             return
         values = _comparable(present) if pa.types.is_decimal(present.type) else present
@@ -1242,9 +1279,11 @@ class _MinMax(_Aggregate):
         return min(current, new) if self.which == "min" else max(current, new)
 
     def combine(self, a, b):
-        return {"error": None, "value": self._pick(a["value"], b["value"])}
+        return {"error": None, "value": self._pick(a["value"], b["value"]), "temporal": a.get("temporal") or b.get("temporal")}
 
     def value(self, state):
+        if state["value"] is None and state.get("temporal"):
+            return NAT  # pandas' min/max of an all-missing datetime column
         return state["value"]
 
 
