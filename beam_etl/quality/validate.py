@@ -484,14 +484,19 @@ def _format_label(param: tuple[str, dict]) -> str:
 
 
 def _messages(column: pa.Array, name: str, template: str, param: Any, failed: pa.Array) -> pa.Array:
-    """One message per row (null where the rule passed), built with vectorized string joins."""
+    """One message per row (null where the rule passed), built with vectorized string joins.
+
+    Only the failing rows' values are formatted (a few percent of a batch, usually).
+    """
     template = template.replace("{param}", str(param))
-    if "{value}" in template:
-        before, _, after = template.partition("{value}")
-        message = pc.binary_join_element_wise(f"{name}: " + before, _value_text(column), after, "")
-    else:
-        message = pa.array([f"{name} {template}"] * len(column), pa.string())
-    return pc.if_else(failed, message, pa.scalar(None, pa.string()))
+    if "{value}" not in template:
+        return _constant_messages(f"{name} {template}", failed)
+    failing = pc.fill_null(failed, False)
+    if not pc.any(failing).as_py():
+        return pa.nulls(len(column), pa.string())
+    before, _, after = template.partition("{value}")
+    message = pc.binary_join_element_wise(f"{name}: " + before, _value_text(column.filter(failing)), after, "")
+    return pc.replace_with_mask(pa.nulls(len(column), pa.string()), failing, message)
 
 
 def _constant_messages(text: str, failed: pa.Array) -> pa.Array:
@@ -499,12 +504,20 @@ def _constant_messages(text: str, failed: pa.Array) -> pa.Array:
 
 
 def _join_messages(messages: list[pa.Array], rows: int) -> pa.Array:
-    joined = pa.nulls(rows, pa.string())
-    for message in messages:
+    present = [message for message in messages if message.null_count < len(message)]
+    if not present:
+        return pa.nulls(rows, pa.string())
+    # Join only the rows that have a message at all, then put them back in place.
+    has_message = pc.is_valid(present[0])
+    for message in present[1:]:
+        has_message = pc.or_(has_message, pc.is_valid(message))
+    joined = pa.nulls(pc.sum(has_message).as_py(), pa.string())
+    for message in present:
+        message = message.filter(has_message)
         # binary_join's null_handling="skip" mis-sizes its result in pyarrow 25, so join
         # pairwise and coalesce: both -> "a; b", one -> that one.
         joined = pc.coalesce(pc.binary_join_element_wise(joined, message, "; "), joined, message)
-    return joined
+    return pc.replace_with_mask(pa.nulls(rows, pa.string()), has_message, joined)
 
 
 # --------------------------------------------------------------------------- row checks
