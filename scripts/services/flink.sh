@@ -143,7 +143,12 @@ jobmanager.memory.process.size: 1024m
 taskmanager.host: localhost
 taskmanager.bind-host: localhost
 taskmanager.numberOfTaskSlots: 2
-taskmanager.memory.process.size: 2048m
+taskmanager.memory.process.size: 3072m
+# Beam's shuffles (joins, aggregates, window functions over hash shards) open many channels at
+# parallelism 2; Flink's default network share (10%) ran out of buffers for a join + aggregate job.
+taskmanager.memory.network.fraction: 0.25
+taskmanager.memory.network.min: 512m
+taskmanager.memory.network.max: 1024m
 parallelism.default: 1
 rest.address: localhost
 rest.bind-address: localhost
