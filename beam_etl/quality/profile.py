@@ -625,12 +625,15 @@ class ColumnState:
 class ProfileState:
     """The mergeable profile of a whole dataset (the ``CombineFn`` accumulator)."""
 
-    def __init__(self, options: ProfileOptions | None = None, columns: Sequence[str] | None = None):
+    def __init__(self, options: ProfileOptions | None = None, columns: Sequence[str] | None = None, schema: pa.Schema | None = None):
         self.options = options or ProfileOptions()
         self.only = list(columns) if columns else None
         self.rows = 0
         self.batches = 0
         self.columns: dict[str, ColumnState] = {}
+        for field_ in schema or []:  # known columns appear even when there are no rows
+            if self.only is None or field_.name in self.only:
+                self.columns[field_.name] = ColumnState(field_.name, field_.type, self.options)
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> "ProfileState":
         self.rows += batch.num_rows
@@ -665,15 +668,21 @@ class ProfileState:
         }
 
 
-def profile_batches(batches: Iterable[pa.RecordBatch], options: ProfileOptions | None = None, columns: Sequence[str] | None = None) -> dict[str, Any]:
+def profile_batches(
+    batches: Iterable[pa.RecordBatch],
+    options: ProfileOptions | None = None,
+    columns: Sequence[str] | None = None,
+    schema: pa.Schema | None = None,
+) -> dict[str, Any]:
     """Profile a stream of batches in one pass (bounded memory except exact sets/values).
 
     Args:
         batches: record batches (or tables) of one dataset.
         options: what to compute (:class:`ProfileOptions`).
         columns: profile only these columns (default: all).
+        schema: the dataset's schema, so columns show even without rows.
     """
-    state = ProfileState(options, columns)
+    state = ProfileState(options, columns, schema)
     for batch in batches:
         state.add(batch)
     return state.to_dict()
@@ -687,7 +696,7 @@ def profile_table(table: pa.Table | pa.RecordBatch, options: ProfileOptions | No
         {'value': 'b', 'count': 2}
     """
     batches = table.to_batches() if isinstance(table, pa.Table) else [table]
-    return profile_batches(batches, options, columns)
+    return profile_batches(batches, options, columns, table.schema)
 
 
 # --------------------------------------------------------------------------- Beam
