@@ -237,7 +237,7 @@ def flag_outliers(
         >>> b = pa.RecordBatch.from_pydict({"x": [1.0, 2.0, 3.0, 100.0]})
         >>> mask, why = flag_outliers(b, ["x"], "iqr", 1.5, column_stats(b, ["x"]))
         >>> mask.to_pylist(), why[3].as_py()
-        ([False, False, False, True], 'x: iqr score 38.4 > 1.5 (value 100.0)')
+        ([False, False, False, True], 'x: iqr score 2.9 > 1.5 (value 100)')
     """
     rows = batch.num_rows
     mask = np.zeros(rows, dtype=bool)
