@@ -20,7 +20,7 @@ __all__ = ["main", "DEMO_SPEC"]
 
 DEMO_SPEC = "demo.yaml"
 
-_COMMANDS = ("run", "validate", "state", "runs", "process")
+_COMMANDS = ("run", "validate", "state", "runs", "process", "profile")
 
 _EPILOG = """\
 commands:
@@ -30,6 +30,7 @@ commands:
   state show|reset PIPELINE [--source S]
                          incremental/CDC positions kept in the state store
   runs [PIPELINE]        recent runs with their status and row counts
+  profile FILE           column profile of a data file (JSON + self-contained HTML)
   process OP --input F   data-processor operations on JSON/NDJSON: clean, statistics, outliers,
                          aggregate, normalize, correlation, deduplicate, fill_missing
 
@@ -83,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     process.add_argument("--strategy", default="mean", choices=["mean", "median", "mode"])
     process.add_argument("--ops", default=None, help='clean: JSON, e.g. \'{"name": ["trim", "title"]}\'')
     process.add_argument("--debug", action="store_true")
+    profile = sub.add_parser("profile", help="profile the columns of a data file")
+    profile.add_argument("file")
+    profile.add_argument("--output", default=None, help="where to write the report (.json; .html next to it with --format both)")
+    profile.add_argument("--format", default="text", choices=["json", "html", "both", "text"])
+    profile.add_argument("--debug", action="store_true")
     runs = sub.add_parser("runs", help="list recent runs")
     runs.add_argument("pipeline", nargs="?")
     runs.add_argument("--limit", type=int, default=20)
@@ -114,6 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _runs(args)
             if args.command == "process":
                 return _process(args)
+            if args.command == "profile":
+                from beam_etl.quality.profile import profile_command
+
+                return profile_command(args.file, args.output, args.format)
             return _run(args.spec, args, beam_args)
         if argv and not argv[0].startswith("-"):
             print(f"error: unknown command '{argv[0]}' (commands: {', '.join(_COMMANDS)}; see --help)", file=sys.stderr)

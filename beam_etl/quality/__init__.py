@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["evaluate_expectations", "profile_table"]
+__all__ = ["evaluate_expectations", "profile_table", "Validate", "Clean", "Coerce", "Quality", "Profile", "DetectOutliers"]
+
+#: Public PTransforms, importable as ``beam_etl.quality.Validate`` (DESIGN §2), loaded lazily.
+_TRANSFORMS = {
+    "Validate": "beam_etl.quality.validate",
+    "Clean": "beam_etl.quality.clean",
+    "Coerce": "beam_etl.quality.coerce",
+    "Quality": "beam_etl.quality.checks",
+    "Profile": "beam_etl.quality.profile",
+    "DetectOutliers": "beam_etl.quality.anomaly",
+}
 
 
 def __getattr__(name: str) -> Any:
+    if name in _TRANSFORMS:
+        import importlib
+
+        return getattr(importlib.import_module(_TRANSFORMS[name]), name)
     if name == "evaluate_expectations":
         from beam_etl.quality.expectations import evaluate_expectations
 
