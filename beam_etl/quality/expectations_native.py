@@ -161,10 +161,6 @@ class EvalError(Exception):
 # --------------------------------------------------------------------------- value helpers
 
 
-class _Missing:
-    """Marks a missing value in a partial list; becomes NaN or None like in pandas."""
-
-
 def _column(batch: pa.RecordBatch, name: str) -> pa.Array:
     index = batch.schema.get_field_index(name)
     if index < 0:

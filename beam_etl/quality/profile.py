@@ -28,7 +28,7 @@ import datetime as _dt
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import apache_beam as beam
@@ -810,7 +810,7 @@ class Profile(beam.PTransform):
 
     Example:
         >>> out = batches | Profile("prof", "reports/customers.json")  # doctest: +SKIP
-        >>> out.main  # the same batches; the report is written when the run ends
+        >>> out.main  # the same batches; the report is written when the run ends  # doctest: +SKIP
     """
 
     def __init__(self, step: str, report: str, options: ProfileOptions | None = None, columns: Sequence[str] | None = None, html: bool = True):

@@ -13,7 +13,6 @@ import datetime as dt
 import math
 
 import pyarrow as pa
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
