@@ -153,6 +153,7 @@ def build_graph(
 
     dlq = None
     if dlqs:
+        dlqs = [_globally_windowed(pcoll, index) for index, pcoll in enumerate(dlqs)]
         dlq = (
             tuple(dlqs)
             | "dlq:flatten" >> beam.Flatten().with_output_types(pa.RecordBatch)
@@ -164,6 +165,18 @@ def build_graph(
         written[DLQ_NAME] = entry.build(dlq_sink, dlq, ctx)
         entries.append(("sink", DLQ_NAME, dlq_sink.type))
     return BuiltGraph(outputs=outputs, entries=entries, dlq=dlq, written=written, reshaping=reshaping, lifecycle=lifecycle)
+
+
+def _globally_windowed(pcoll: PCollection, index: int) -> PCollection:
+    """DLQ rows from after a ``window_into`` leave their window: one DLQ, one (global) windowing.
+
+    Flatten needs inputs of one windowing (Prism fails on a mix of interval and global windows).
+    """
+    from apache_beam.transforms.window import GlobalWindows
+
+    if isinstance(pcoll.windowing.windowfn, GlobalWindows):
+        return pcoll
+    return pcoll | f"dlq:unwindow:{index}" >> beam.WindowInto(GlobalWindows()).with_output_types(pa.RecordBatch)
 
 
 def _dlq_sink_model(spec: PipelineSpec) -> SinkModel:

@@ -300,22 +300,27 @@ class _ReadPartitionStreamFn(beam.DoFn):
         current = watermark.current_watermark() or MIN_TIMESTAMP
         for batch in batches:
             self._counters.rows_out.inc(batch.num_rows)
-            yield TimestampedValue(batch, max(_newest_in(batch), current))
+            yield TimestampedValue(batch, _oldest_in(batch, current))
         for dead in batcher.take_dead():
             self._counters.rows_dlq.inc(dead.num_rows)
-            yield beam.pvalue.TaggedOutput("dlq", TimestampedValue(dead, current if current > MIN_TIMESTAMP else Timestamp.now()))
+            yield beam.pvalue.TaggedOutput("dlq", TimestampedValue(dead, current))
 
 
 def _nothing() -> None:
     pass
 
 
-def _newest_in(batch: pa.RecordBatch) -> Timestamp:
-    """The batch's element timestamp: its newest record timestamp (never behind the watermark, see _emit)."""
+def _oldest_in(batch: pa.RecordBatch, fallback: Timestamp) -> Timestamp:
+    """A batch's element timestamp: its oldest record timestamp.
+
+    Never later than any of its rows, so a step that re-stamps rows by event time (window_into)
+    outputs nothing earlier than its input, and downstream watermarks stay held until the rows
+    are through. A batch older than the watermark is late as a whole, as its oldest row is.
+    """
     if "_timestamp" not in batch.schema.names:
-        return MIN_TIMESTAMP
-    newest = pc.max(batch.column("_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
-    return Timestamp(micros=newest) if newest is not None else MIN_TIMESTAMP
+        return fallback
+    oldest = pc.min(batch.column("_timestamp").cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())).as_py()
+    return Timestamp(micros=oldest) if oldest is not None else fallback
 
 
 class ReadKafkaStream(beam.PTransform):
