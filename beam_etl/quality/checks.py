@@ -67,7 +67,16 @@ from beam_etl.quality.expectations import (
     parse_expectation,
 )
 from beam_etl.quality.expectations_native import UniqueState, compact, compound_key, key_counts, merge_unique, unique_outcome
-from beam_etl.quality.profile import _TEXT_TYPES, ProfileOptions, ProfileState, hashable_values, missing_mask, report_paths
+from beam_etl.quality.profile import (
+    _TEXT_TYPES,
+    ProfileOptions,
+    ProfileState,
+    combine_report,
+    hashable_values,
+    missing_mask,
+    report_paths,
+    windowed_path,
+)
 from beam_etl.registry import register_step
 from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepOutputs
 
@@ -1075,15 +1084,18 @@ class QualityCombineFn(beam.CombineFn):
         return self._evaluator.finish(state)
 
 
-class _FinishQuality:
-    """Anomalies against the history, the report files, then the gate (picklable, for ``Map``)."""
+class _FinishQuality(beam.DoFn):
+    """Anomalies against the history, the report files, then the gate (one report per window)."""
 
     def __init__(self, step, json_path, html_path, pipeline, run_id, min_score, on_failure, anomalies, state_url):
         self.step, self.json_path, self.html_path = step, json_path, html_path
         self.pipeline, self.run_id, self.min_score, self.on_failure = pipeline, run_id, min_score, on_failure
         self.anomalies, self.state_url = anomalies, state_url
 
-    def __call__(self, outcome: dict[str, Any]) -> dict[str, Any]:
+    def process(self, outcome: dict[str, Any], window=beam.DoFn.WindowParam):
+        yield self.finish(outcome, window)
+
+    def finish(self, outcome: dict[str, Any], window: Any = None) -> dict[str, Any]:
         from beam_etl.quality.report import write_report
 
         found: list[dict[str, Any]] = []
@@ -1111,12 +1123,13 @@ class _FinishQuality:
             anomalies=found,
             anomalies_fail=bool(self.anomalies and self.anomalies.fail),
         )
-        write_report(report, self.json_path, self.html_path)
+        json_path = windowed_path(self.json_path, window)
+        write_report(report, json_path, windowed_path(self.html_path, window))
         gate = report["gate"]
         if not gate["passed"] and self.on_failure == "fail":
             raise StepFailed(
                 self.step,
-                f"quality gate failed (score {report['score']:.4f}): " + "; ".join(gate["reasons"][:3]) + f" (report: {self.json_path})",
+                f"quality gate failed (score {report['score']:.4f}): " + "; ".join(gate["reasons"][:3]) + f" (report: {json_path})",
             )
         return report
 
@@ -1192,11 +1205,8 @@ class Quality(beam.PTransform):
 
     def expand(self, pcoll) -> StepOutputs:
         outputs = pcoll | "rows" >> ApplyBatchFn(self._step, _passthrough)
-        (
-            pcoll
-            | "checks" >> beam.CombineGlobally(QualityCombineFn(self._evaluator))
-            | "report" >> beam.Map(self._finish)
-        )
+        outcome = combine_report(pcoll, QualityCombineFn(self._evaluator), "checks")
+        outcome | "report" >> beam.ParDo(self._finish)
         return outputs
 
 

@@ -60,6 +60,8 @@ __all__ = [
     "profile_batches",
     "profile_command",
     "report_paths",
+    "combine_report",
+    "windowed_path",
 ]
 
 #: Quantiles reported for numeric columns.
@@ -784,18 +786,43 @@ def _passthrough(batch: pa.RecordBatch) -> BatchOutcome:
     return BatchOutcome(out=batch)
 
 
-class _WriteProfile:
-    """Writes the profile JSON (+HTML); a small picklable callable for ``beam.Map``."""
+def combine_report(pcoll, combine_fn, label: str):
+    """``CombineGlobally`` that also works on windowed streams: one result per window.
+
+    In the global window the result exists even for empty input (an empty report); in
+    other windows Beam allows no default, so a window without rows has no report.
+    """
+    from apache_beam.transforms.window import GlobalWindows
+
+    combine = beam.CombineGlobally(combine_fn)
+    if not isinstance(pcoll.windowing.windowfn, GlobalWindows):
+        combine = combine.without_defaults()
+    return pcoll | label >> combine
+
+
+def windowed_path(path: str | None, window: Any) -> str | None:
+    """``path`` for the global window; ``name-<window end, UTC>.ext`` for any other."""
+    from apache_beam.transforms.window import GlobalWindow
+
+    if path is None or window is None or isinstance(window, GlobalWindow):
+        return path
+    end = window.end.to_utc_datetime().strftime("%Y%m%dT%H%M%S")
+    root, ext = os.path.splitext(path)
+    return f"{root}-{end}{ext}"
+
+
+class _WriteProfile(beam.DoFn):
+    """Writes the profile JSON (+HTML), one pair per window."""
 
     def __init__(self, json_path: str, html_path: str | None, title: str):
         self.json_path, self.html_path, self.title = json_path, html_path, title
 
-    def __call__(self, report: dict[str, Any]) -> dict[str, Any]:
+    def process(self, report: dict[str, Any], window=beam.DoFn.WindowParam):
         from beam_etl.quality.report import write_report
 
         report = dict(report, title=self.title)
-        write_report(report, self.json_path, self.html_path)
-        return report
+        write_report(report, windowed_path(self.json_path, window), windowed_path(self.html_path, window))
+        yield report
 
 
 class Profile(beam.PTransform):
@@ -825,11 +852,8 @@ class Profile(beam.PTransform):
 
     def expand(self, pcoll) -> StepOutputs:
         outputs = pcoll | "rows" >> ApplyBatchFn(self._step, _passthrough)
-        (
-            pcoll
-            | "profile" >> beam.CombineGlobally(ProfileCombineFn(self._options, self._columns))
-            | "write" >> beam.Map(_WriteProfile(self._json, self._html, f"Profile: {self._step}"))
-        )
+        profile = combine_report(pcoll, ProfileCombineFn(self._options, self._columns), "profile")
+        profile | "write" >> beam.ParDo(_WriteProfile(self._json, self._html, f"Profile: {self._step}"))
         return outputs
 
 

@@ -299,3 +299,25 @@ def test_run_metrics_feed_anomaly_detection_across_runs(tmp_path):
     with StateStore(url) as store:
         history = store.metrics_history("quality_gate_test", "row_count", step="gate")
     assert [h["value"] for h in history] == [3, 3, 12]
+
+
+def test_windowed_input_gets_one_report_per_window(tmp_path):
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.transforms import window
+
+    from beam_etl.quality.checks import Quality
+
+    batches = [(pa.RecordBatch.from_pydict({"x": [1, 2, None]}), 10), (pa.RecordBatch.from_pydict({"x": [5, 5]}), 70)]
+    with TestPipeline() as p:
+        (
+            p
+            | beam.Create(batches)
+            | beam.Map(lambda e: window.TimestampedValue(e[0], e[1])).with_output_types(pa.RecordBatch)
+            | beam.WindowInto(window.FixedWindows(60))
+            | Quality("q", [{"completeness": "x"}], report=str(tmp_path / "q.json"), on_failure="continue")
+        )
+    first = json.loads((tmp_path / "q-19700101T000100.json").read_text())
+    second = json.loads((tmp_path / "q-19700101T000200.json").read_text())
+    assert (first["row_count"], first["score"]) == (3, pytest.approx(2 / 3))
+    assert (second["row_count"], second["score"]) == (2, 1.0)
