@@ -32,6 +32,10 @@ Beam builds one client configuration per scheme for a whole pipeline, so a ``sto
 configures every path of its scheme in that pipeline; two entries that disagree are an error
 (give them the same block, e.g. with a YAML anchor ``storage: &s3 {...}`` / ``storage: *s3``).
 
+When a pipeline is built, each entry's bucket is listed once with short timeouts and no
+retries, so a wrong endpoint, missing credentials, a missing bucket or a denied listing fail in
+seconds with the fix (Beam's own listing retries such errors with backoff for minutes).
+
 Paths: ``s3://<bucket>/<key>``, ``gs://<bucket>/<object>``,
 ``azure://<storage-account>/<container>/<blob>`` (Beam's own ``azfs://`` spelling is accepted
 and read as ``azure://``). ``azure://`` is served by :func:`register_filesystems`: Beam's Azure
@@ -212,10 +216,11 @@ def check_storage(paths: Iterable[str], storage: StorageOptions | None) -> None:
 
 
 def storage_options(storage: StorageOptions | Mapping[str, Any] | None, paths: Iterable[str]) -> StorageOptions | None:
-    """``storage`` as a checked :class:`StorageOptions` (a dict is validated), or None."""
-    if storage is None:
-        return None
-    model = storage if isinstance(storage, StorageOptions) else StorageOptions.model_validate(dict(storage))
+    """``storage`` as a :class:`StorageOptions` (a dict is validated), or None; the paths and
+    the block are checked with :func:`check_storage`."""
+    model = None
+    if storage is not None:
+        model = storage if isinstance(storage, StorageOptions) else StorageOptions.model_validate(dict(storage))
     check_storage(paths, model)
     return model
 
@@ -236,7 +241,10 @@ def configure_pipeline(
 
     Checks the Beam extra of each store is installed, applies ``storage`` to the pipeline's
     options (they travel to the workers with the pipeline), points GCS at an emulator when
-    one is configured, and registers ``azure://``. Called by :class:`~beam_etl.io.files.ReadFromFiles`
+    one is configured, registers ``azure://``, and lists one key of each bucket with short
+    timeouts and no retries: a wrong endpoint, missing credentials, a missing bucket or a
+    denied listing fail here in seconds, with the fix, where Beam's own listing would retry
+    with backoff for minutes. Called by :class:`~beam_etl.io.files.ReadFromFiles`
     and :class:`~beam_etl.io.files.WriteToFiles` in ``expand``.
 
     Args:
@@ -248,8 +256,9 @@ def configure_pipeline(
         error: the exception class to raise (``SourceError``/``SinkError``).
 
     Raises:
-        ``error`` when an extra is missing, or when ``storage`` disagrees with what another
-        entry or a pipeline option already configured for the same store.
+        ``error`` when an extra is missing, when ``storage`` disagrees with what another
+        entry or a pipeline option already configured for the same store, or when the
+        bucket cannot be listed.
 
     Example:
         >>> import apache_beam as beam  # doctest: +SKIP
@@ -278,6 +287,9 @@ def configure_pipeline(
     if "gs" in schemes and os.environ.get("STORAGE_EMULATOR_HOST"):
         _use_anonymous_gcs_credentials()
     FileSystems.set_options(options)
+    for path in paths:
+        if scheme_of(path) in CLOUD_SCHEMES:
+            _preflight(options, path, name, kind, error)
 
 
 def _require_extra(scheme: str, name: str, kind: str, error: type[BeamEtlError]) -> None:
@@ -337,6 +349,131 @@ def _set_gcs_endpoint(endpoint: str, name: str, kind: str, error: type[BeamEtlEr
             "give every gs:// entry the same endpoint_url"
         )
     os.environ["STORAGE_EMULATOR_HOST"] = endpoint
+
+
+# --------------------------------------------------------------------------- preflight
+
+_PREFLIGHT_TIMEOUT = 20  # seconds per request
+_checked: set[tuple[str, str, str]] = set()  # (scheme, bucket, hash of the configuration) that listed fine
+
+
+def _split_bucket(path: str) -> tuple[str, str, str]:
+    """(scheme, bucket or account/container, listing prefix up to the first glob character)."""
+    scheme = scheme_of(path) or ""
+    rest = beam_path(path).split("://", 1)[1]
+    parts = 2 if scheme == "azure" else 1
+    pieces = rest.split("/", parts)
+    bucket = "/".join(pieces[:parts])
+    key = pieces[parts] if len(pieces) > parts else ""
+    key = re.split(r"[*?\[]", key, maxsplit=1)[0]
+    return scheme, bucket, key
+
+
+def _preflight(options: Any, path: str, name: str, kind: str, error: type[BeamEtlError]) -> None:
+    import hashlib
+
+    scheme, bucket, prefix = _split_bucket(path)
+    config = _config_fingerprint(options, scheme)
+    key = (scheme, bucket, hashlib.sha256(config.encode()).hexdigest())
+    if key in _checked:
+        return
+    try:
+        {"s3": _list_s3, "gs": _list_gcs, "azure": _list_azure}[scheme](options, bucket, prefix)
+    except BeamEtlError as exc:
+        raise error(f"{kind} '{name}': {exc}") from None
+    except Exception as exc:
+        raise error(f"{kind} '{name}': cannot list {scheme}://{bucket}/{prefix} ({_describe(exc)}); {_hint(scheme, exc)}") from None
+    _checked.add(key)
+
+
+def _config_fingerprint(options: Any, scheme: str) -> str:
+    if scheme == "gs":
+        return os.environ.get("STORAGE_EMULATOR_HOST", "")
+    view = _options_view(options, scheme)
+    env = [os.environ.get(n, "") for n in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AZURE_STORAGE_CONNECTION_STRING")]
+    return repr([getattr(view, option, None) for option in _BEAM_OPTIONS[scheme].values()] + env)
+
+
+def _describe(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def _status(exc: BaseException) -> int | None:
+    """The HTTP status of an SDK error (boto3, google-cloud, azure-core), if it has one."""
+    for attribute in ("status_code", "code"):
+        value = getattr(exc, attribute, None)
+        if isinstance(value, int):
+            return value
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return None
+
+
+def _hint(scheme: str, exc: BaseException) -> str:
+    status = _status(exc)
+    text = f"{type(exc).__name__} {exc}".lower()
+    if status == 401 or any(word in text for word in ("credential", "authenticat", "signature", "invalidaccesskey")):
+        return {
+            "s3": "set storage.aws_access_key_id and aws_secret_access_key (from ${env:...}), AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or an instance role",
+            "gs": "set up Application Default Credentials (gcloud auth application-default login, GOOGLE_APPLICATION_CREDENTIALS, a service account)",
+            "azure": "set storage.connection_string (from ${env:...}) or AZURE_STORAGE_CONNECTION_STRING",
+        }[scheme]
+    if status == 404:
+        return "create the bucket/container, or fix its name in the path"
+    if status == 403:
+        return "the credentials may not list this bucket: grant list and read/write access"
+    return "check storage.endpoint_url (or the store's environment settings) and that the store is reachable"
+
+
+def _list_s3(options: Any, bucket: str, prefix: str) -> None:
+    import boto3
+    from botocore.config import Config
+
+    s3 = _options_view(options, "s3")
+    client = boto3.session.Session().client(
+        "s3",
+        region_name=s3.s3_region_name,
+        endpoint_url=s3.s3_endpoint_url,
+        aws_access_key_id=s3.s3_access_key_id,
+        aws_secret_access_key=s3.s3_secret_access_key,
+        aws_session_token=s3.s3_session_token,
+        verify=s3.s3_verify,
+        use_ssl=not s3.s3_disable_ssl,
+        config=Config(connect_timeout=5, read_timeout=_PREFLIGHT_TIMEOUT, retries={"max_attempts": 1}),
+    )
+    client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+
+
+def _list_gcs(options: Any, bucket: str, prefix: str) -> None:
+    from apache_beam.io.gcp import gcsio
+
+    client = gcsio.create_storage_client(options)  # Beam's own client: same credentials and endpoint
+    next(iter(client.list_blobs(bucket, prefix=prefix, max_results=1, timeout=_PREFLIGHT_TIMEOUT, retry=None)), None)
+
+
+def _list_azure(options: Any, bucket: str, prefix: str) -> None:
+    from apache_beam.io.azure import blobstorageio
+
+    account, container = bucket.split("/", 1)
+    view = _options_view(options, "azure")
+    if not (view.azure_connection_string or view.blob_service_endpoint or os.environ.get("AZURE_STORAGE_CONNECTION_STRING")):
+        raise BeamEtlError(
+            f"azure://{account}/{container}/ has no connection configured; set storage.connection_string "
+            "(from ${env:...}) or storage.account_url, --azure_connection_string, or AZURE_STORAGE_CONNECTION_STRING"
+        )
+    client = blobstorageio.BlobStorageIO(pipeline_options=options).client  # Beam's own client
+    if client.account_name and client.account_name != account:
+        # Beam copies (renames) blobs by a URL built from the path's account: they must agree.
+        raise BeamEtlError(
+            f"azure://{account}/{container}/ names storage account '{account}' but the connection is to "
+            f"account '{client.account_name}'; write azure://{client.account_name}/{container}/..."
+        )
+    pages = client.get_container_client(container).list_blobs(
+        name_starts_with=prefix, results_per_page=1, retry_total=0, timeout=_PREFLIGHT_TIMEOUT
+    ).by_page()
+    next(iter(pages), None)
 
 
 _lock = threading.Lock()  # guards the one-time setups below
