@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Iterator, Literal, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Iterable, Iterator, Literal, Sequence
 
 import apache_beam as beam
 import numpy as np

@@ -59,7 +59,7 @@ from __future__ import annotations
 import re
 import traceback
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import apache_beam as beam
 import numpy as np
