@@ -12,47 +12,25 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
+
+from tests.support.streaming import TopicReader, bootstrap_servers, kafka_topics, produce, start_pipeline, stop_pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
-REPO = Path(__file__).resolve().parents[2]
 MINUTE = 60_000  # ms
-
-
-def bootstrap_servers() -> str:
-    bootstrap = os.environ.get("BEAM_ETL_TEST_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        pytest.fail("BEAM_ETL_TEST_KAFKA_BOOTSTRAP is not set: run scripts/services/kafka.sh")
-    return bootstrap
 
 
 @pytest.fixture()
 def topics():
     """Fresh topics: input (2 partitions), output, DLQ; deleted afterwards."""
-    from kafka.admin import KafkaAdminClient, NewTopic
-
     bootstrap = bootstrap_servers()
-    name = f"s{uuid.uuid4().hex[:8]}"
-    names = {"in": name, "out": f"{name}_out", "dlq": f"{name}_dlq"}
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(names["in"], num_partitions=2, replication_factor=1)] + [NewTopic(names[k], num_partitions=1, replication_factor=1) for k in ("out", "dlq")])
-    yield bootstrap, names
-    try:
-        admin.delete_topics(list(names.values()))
-    finally:
-        admin.close()
+    with kafka_topics(bootstrap, {"in": 2, "out": 1, "dlq": 1}) as names:
+        yield bootstrap, names
 
 
 def minute_start_ms(minutes_ago: int = 10) -> int:
@@ -61,76 +39,9 @@ def minute_start_ms(minutes_ago: int = 10) -> int:
     return now - now % MINUTE - minutes_ago * MINUTE
 
 
-def produce(bootstrap: str, topic: str, rows: list[tuple[int, int, dict[str, Any]]]) -> None:
-    """``(partition, timestamp_ms, value)`` per message; the record timestamp is the event time."""
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for partition, at, value in rows:
-            producer.send(topic, value=json.dumps(value).encode(), partition=partition, timestamp_ms=at)
-        producer.flush()
-    finally:
-        producer.close()
-
-
 def event(at_ms: int, user: str, amount: float) -> dict[str, Any]:
     iso = dt.datetime.fromtimestamp(at_ms / 1000, tz=dt.timezone.utc).isoformat()
     return {"user": user, "amount": amount, "event_time": iso}
-
-
-class TopicReader:
-    """Reads a topic from the beginning, keeping what it has seen across calls."""
-
-    def __init__(self, bootstrap: str, topic: str):
-        from kafka import KafkaConsumer
-
-        self._consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None, enable_auto_commit=False)
-        self.values: list[dict[str, Any]] = []
-
-    def poll(self) -> list[dict[str, Any]]:
-        for records in self._consumer.poll(timeout_ms=500).values():
-            self.values.extend(json.loads(record.value) for record in records)
-        return self.values
-
-    def close(self) -> None:
-        self._consumer.close()
-
-
-def wait_for(what: str, check: Callable[[], Any], proc: subprocess.Popen, log: Path, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        if proc.poll() is not None:
-            pytest.fail(f"the pipeline exited ({proc.returncode}) while waiting for {what}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}:\n{log.read_text()[-4000:]}")
-
-
-def start_pipeline(tmp_path: Path, spec: dict[str, Any]) -> tuple[subprocess.Popen, Path]:
-    spec_path = tmp_path / "pipeline.yaml"
-    spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    log = tmp_path / "run.log"
-    env = {**os.environ, "BEAM_ETL_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}", "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "beam_etl", "run", str(spec_path), "--output", str(tmp_path / "out"), "--quiet", "--streaming"]
-    with open(log, "wb") as handle:
-        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    return proc, log
-
-
-def stop_pipeline(proc: subprocess.Popen, log: Path) -> int:
-    """Ctrl-C, as a user stops a streaming run; the CLI must exit on its own."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"the pipeline did not stop within 60 s of SIGINT:\n{log.read_text()[-4000:]}")
-    return proc.returncode
 
 
 def window_rows(values: list[dict[str, Any]]) -> dict[tuple[str, str], list[int]]:
