@@ -58,7 +58,7 @@ import re
 import threading
 from typing import Any, Iterable, Mapping
 
-from pydantic import SecretStr
+from pydantic import SecretStr, field_validator
 
 from beam_etl.errors import BeamEtlError
 from beam_etl.models import StrictModel
@@ -167,6 +167,12 @@ class StorageOptions(StrictModel):
     connection_string: SecretStr | None = None
     account_url: str | None = None
     managed_identity_client_id: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # "${env:S3_ENDPOINT:-}" with the variable unset means "not configured", not "".
+        return None if isinstance(value, str) and not value.strip() else value
 
     def values(self) -> dict[str, Any]:
         """The keys that are set, secrets revealed (for the clients only; never log this)."""

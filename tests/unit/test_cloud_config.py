@@ -98,6 +98,9 @@ def test_spec_storage_block_interpolates_env_and_hides_secrets() -> None:
         assert SECRET not in text
     # remote paths: only the declared columns are known before the run, so no column check fails
     assert spec.schemas["a"] is None
+    # an empty value (an unset variable with an empty default) means "not configured"
+    empty = load_spec(_spec(source_storage={"endpoint_url": "${env:S3_URL:-}", "region": ""}), env={})
+    assert empty.sources["a"].storage.values() == {}
 
 
 @pytest.mark.parametrize(
