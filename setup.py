@@ -26,6 +26,7 @@ CORE = [
 EXTRAS = {
     "gcp": ["apache-beam[gcp]==2.77.0", "build>=1"],  # build: Dataflow stages setup.py as an sdist
     "aws": ["apache-beam[aws]==2.77.0", "boto3>=1.34"],
+    "azure": ["apache-beam[azure]==2.77.0"],
     "sql": ["psycopg[binary]>=3.1", "psycopg-pool>=3.2", "PyMySQL>=1.1", "DBUtils>=3.1", "mysql-replication>=1.0"],
     "kafka": ["kafka-python>=2.2"],
     "rabbitmq": ["pika>=1.3"],
@@ -35,8 +36,8 @@ EXTRAS = {
     "gx": ["great_expectations==1.24.1"],
 }
 EXTRAS["test"] = sorted(
-    {dep for name in ("gcp", "aws", "sql", "kafka", "rabbitmq", "streams", "quality", "gx") for dep in EXTRAS[name]}
-    | {"pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "duckdb>=1.1", "moto[server]>=5"}
+    {dep for name in ("gcp", "aws", "azure", "sql", "kafka", "rabbitmq", "streams", "quality", "gx") for dep in EXTRAS[name]}
+    | {"pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "duckdb>=1.1", "moto[server]>=5", "gcp-storage-emulator>=2024.8.3", "polars>=1"}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
