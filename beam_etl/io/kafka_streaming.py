@@ -262,6 +262,7 @@ class _ReadPartitionStreamFn(beam.DoFn):
             for record in records:
                 if not tracker.try_claim(record.offset):
                     stopped = True
+                    reader.next_offset = None  # records past the claim were polled: seek next time
                     break
                 last = record.offset
                 position = reader.next_offset = record.offset + 1
