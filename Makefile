@@ -16,7 +16,8 @@ services:
 # The whole suite: unit + integration (real services) + end to end.
 test: install-test services
 	set -a; [ ! -f .services.env ] || . ./.services.env; set +a; \
-	$(PYTHON) -m pytest -q -p no:cacheprovider
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m "not faults" && \
+	$(PYTHON) -m pytest -q -p no:cacheprovider -m faults
 
 # Quick unit tests, no services.
 unit: install-test
