@@ -99,14 +99,26 @@ def build_rabbitmq_source(spec: RabbitMqSource, root, ctx: BuildContext) -> Step
 
     def finish(ack: bool):
         def hook() -> None:
+            if last_tag is None:
+                if connection.is_open:
+                    connection.close()
+                return
+            if not connection.is_open:
+                raise SourceError(
+                    f"source '{ctx.name}': the connection to RabbitMQ was lost before the run's "
+                    f"{stage.messages} message(s) could be {'acknowledged' if ack else 'requeued'}; "
+                    "the broker redelivers them (marked _redelivered) on the next run"
+                )
             try:
-                if last_tag is not None:
-                    if ack:
-                        channel.basic_ack(delivery_tag=last_tag, multiple=True)
-                    else:
-                        channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
+                if ack:
+                    channel.basic_ack(delivery_tag=last_tag, multiple=True)
+                else:
+                    channel.basic_nack(delivery_tag=last_tag, multiple=True, requeue=True)
+            except Exception as exc:
+                raise SourceError(f"source '{ctx.name}': acknowledging {stage.messages} message(s) failed ({exc}); they will be redelivered") from None
             finally:
-                connection.close()
+                if connection.is_open:
+                    connection.close()
 
         return hook
 
