@@ -20,7 +20,7 @@ Example spec::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import apache_beam as beam
 import pyarrow as pa

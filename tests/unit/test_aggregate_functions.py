@@ -128,12 +128,17 @@ _DUCKDB = duckdb.connect()
 
 
 def duckdb_query(table: pa.Table, sql: str) -> list[dict]:
-    """Run ``sql`` over ``table`` registered as ``t`` (one shared in-memory connection)."""
-    _DUCKDB.register("t", table)
+    """Run ``sql`` over ``table`` registered as ``t``.
+
+    A cursor per call: pipelines call this from several bundle threads at once, and DuckDB 2
+    refuses concurrent calls on one connection.
+    """
+    connection = _DUCKDB.cursor()
     try:
-        return _DUCKDB.sql(sql).arrow().read_all().to_pylist()
+        connection.register("t", table)
+        return connection.sql(sql).arrow().read_all().to_pylist()
     finally:
-        _DUCKDB.unregister("t")
+        connection.close()
 
 
 def duckdb_aggregate(table: pa.Table, group_by: list[str], aggregates: dict[str, str]) -> list[dict]:
