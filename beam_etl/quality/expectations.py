@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -514,9 +515,9 @@ def _evaluate_native(configs: Sequence[ExpectationConfig], table: pa.Table, batc
     evaluators = [c.native for c in configs]
     states = [e.initial() for e in evaluators]
     batches = table.to_batches(max_chunksize=batch_rows) if table.num_rows else [pa.RecordBatch.from_pylist([], schema=table.schema)]
-    # one thread per expectation (up to 8): the kernels release the GIL, and with more
-    # threads than cores the OS balances a slow regex or uniqueness against the quick ones
-    workers = min(len(evaluators), 8)
+    # a thread per core: the kernels release the GIL; the dearest expectations start first
+    workers = min(len(evaluators), os.cpu_count() or 1, 8)
+    order = sorted(range(len(evaluators)), key=lambda i: -evaluators[i].cost)
 
     def step(index: int, batch: pa.RecordBatch, offset: int) -> None:
         evaluator = evaluators[index]
@@ -525,7 +526,7 @@ def _evaluate_native(configs: Sequence[ExpectationConfig], table: pa.Table, batc
     offset = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for batch in batches:
-            list(pool.map(lambda i, b=batch, o=offset: step(i, b, o), range(len(evaluators))))
+            list(pool.map(lambda i, b=batch, o=offset: step(i, b, o), order))
             offset += batch.num_rows
     return [_result_dict(c, e.finalize(s)) for c, e, s in zip(configs, evaluators, states)]
 

@@ -242,6 +242,8 @@ class NativeExpectation:
     """
 
     type: ClassVar[str]
+    #: Relative cost per row (hashing and regexes are dear): the slow ones are started first.
+    cost: ClassVar[int] = 1
     kwargs_allowed: ClassVar[frozenset[str]] = frozenset()
     kwargs_required: ClassVar[tuple[str, ...]] = ()
 
@@ -762,6 +764,7 @@ class ExpectColumnValuesToNotBeInSet(ExpectColumnValuesToBeInSet):
 
 class ExpectColumnValuesToMatchRegex(_ColumnMap):
     type = "expect_column_values_to_match_regex"
+    cost = 3
     kwargs_allowed = _ColumnMap.kwargs_allowed | {"regex"}
     kwargs_required = ("column", "regex")
     negate: ClassVar[bool] = False
@@ -802,6 +805,7 @@ class ExpectColumnValueLengthsToBeBetween(_ColumnMap):
 
 class ExpectColumnValuesToMatchStrftimeFormat(_ColumnMap):
     type = "expect_column_values_to_match_strftime_format"
+    cost = 3
     kwargs_allowed = _ColumnMap.kwargs_allowed | {"strftime_format"}
     kwargs_required = ("column", "strftime_format")
 
@@ -977,6 +981,8 @@ def unique_outcome(state: UniqueState, limit: int) -> tuple[int, list[tuple[int,
 
 
 class _UniqueBase(_MapExpectation):
+    cost = 3
+
     def initial(self) -> UniqueState:
         return UniqueState()
 
