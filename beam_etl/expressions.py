@@ -156,7 +156,13 @@ def _is_temporal(t: pa.DataType) -> bool:
 
 
 def _cast_value(value: _Value, to: pa.DataType) -> _Value:
-    return value if value.type == to else value.cast(to)
+    if value.type == to:
+        return value
+    if pa.types.is_integer(value.type) and pa.types.is_floating(to):
+        # int64 -> float64 rounds beyond 2**53, as DuckDB's implicit cast does; Arrow's safe
+        # cast would refuse.
+        return pc.cast(value, to, safe=False)
+    return value.cast(to)
 
 
 def _like_other(value: _Value, other: _Value) -> _Value:
@@ -463,7 +469,15 @@ def _arith(op: str, kernel: Callable) -> Callable[[exp.Binary, _Compiler], _Eval
         def evaluate(ctx: _Ctx) -> _Value:
             lv, rv = _align(left(ctx), right(ctx))
             shifted = _temporal_arith(op, lv, rv)
-            return shifted if shifted is not None else kernel(lv, rv)
+            if shifted is not None:
+                return shifted
+            # int with float: cast the int ourselves (rounding beyond 2**53, as DuckDB does);
+            # the kernel's own implicit cast refuses such values.
+            if pa.types.is_integer(lv.type) and pa.types.is_floating(rv.type):
+                lv = _as_float(lv)
+            elif pa.types.is_floating(lv.type) and pa.types.is_integer(rv.type):
+                rv = _as_float(rv)
+            return kernel(lv, rv)
 
         return evaluate
 
@@ -471,7 +485,9 @@ def _arith(op: str, kernel: Callable) -> Callable[[exp.Binary, _Compiler], _Eval
 
 
 def _as_float(value: _Value) -> _Value:
-    if pa.types.is_integer(value.type) or pa.types.is_decimal(value.type) or _is_null_type(value.type):
+    if pa.types.is_integer(value.type):
+        return pc.cast(value, pa.float64(), safe=False)  # rounds beyond 2**53, like DuckDB
+    if pa.types.is_decimal(value.type) or _is_null_type(value.type):
         return value.cast(pa.float64())
     return value
 
@@ -502,7 +518,8 @@ def _fmod(left: _Value, right: _Value, n: int) -> _Value:
             return pa.scalar(None, pa.float64())
         if right.as_py() == 0:
             raise _DataError("division by zero")
-        return pa.scalar(math.fmod(left.as_py(), right.as_py()), pa.float64())
+        with np.errstate(invalid="ignore"):  # fmod(inf, x) is NaN, as in C and DuckDB
+            return pa.scalar(float(np.fmod(left.as_py(), right.as_py())), pa.float64())
     la, ra = _full(left, n), _full(right, n)
     if pc.any(pc.equal(ra, 0.0)).as_py():
         raise _DataError("division by zero")
@@ -521,6 +538,8 @@ def _mod(node: exp.Mod, c: _Compiler) -> _Eval:
 
     def evaluate(ctx: _Ctx) -> _Value:
         lv, rv = _align(left(ctx), right(ctx))
+        if _is_null_type(lv.type) and _is_null_type(rv.type):
+            return pa.scalar(None, pa.int64())  # NULL % NULL is NULL
         if pa.types.is_integer(lv.type) and pa.types.is_integer(rv.type):
             # x % -1 == x % 1 == 0, and avoids the INT64_MIN / -1 overflow.
             divisor = pc.if_else(pc.equal(rv, -1), pa.scalar(1, rv.type), rv)
