@@ -9,9 +9,13 @@ Nothing is ever ``eval``-ed or ``exec``-ed.
 Semantics follow DuckDB (the oracle the tests compare against), with these deliberate
 differences, each chosen for an ETL engine where a bad row goes to the DLQ:
 
-- ``/``, ``//`` and ``%`` by zero are row errors ("division by zero in 'a / b'"); DuckDB
-  gives ``inf``/``nan`` for ``/`` and for a float ``%``, and raises for ``//`` and integer ``%``.
-  Integer overflow is a row error (checked kernels), as in DuckDB.
+- ``/``, ``//`` and ``%`` by zero are row errors ("division by zero in 'a / b'"), and
+  NULL / 0 is NULL; DuckDB gives ``inf``/``nan`` for ``/`` and for a float ``%``, and raises
+  for ``//`` and integer ``%``. Integer overflow is a row error, as in DuckDB.
+- A typed literal that does not parse (``DATE '2024-13-01'``) is a spec error at compile
+  time; ``CAST(column AS ...)`` failures are row errors.
+- Comparing an integer with a float converts the integer to float (rounding beyond 2**53),
+  as DuckDB's implicit cast does.
 - ``AND``, ``OR`` and ``COALESCE`` are lazy per row, like ``CASE``: an operand is only
   evaluated (and can only fail) on the rows whose result depends on it, so
   ``qty <> 0 AND amount / qty > 2`` never fails. DuckDB evaluates them eagerly.
@@ -173,7 +177,17 @@ def _like_other(value: _Value, other: _Value) -> _Value:
 
 
 def _align(left: _Value, right: _Value) -> tuple[_Value, _Value]:
-    return _like_other(left, right), _like_other(right, left)
+    """Null-typed sides take the other's type; an integer meeting a float becomes a float.
+
+    The integer is cast by us, rounding beyond 2**53 as DuckDB's implicit cast does; the
+    kernels' own implicit cast would refuse such values.
+    """
+    left, right = _like_other(left, right), _like_other(right, left)
+    if pa.types.is_integer(left.type) and pa.types.is_floating(right.type):
+        left = _cast_value(left, right.type)
+    elif pa.types.is_floating(left.type) and pa.types.is_integer(right.type):
+        right = _cast_value(right, left.type)
+    return left, right
 
 
 def _typed(value: _Value, default: pa.DataType) -> _Value:
@@ -469,15 +483,7 @@ def _arith(op: str, kernel: Callable) -> Callable[[exp.Binary, _Compiler], _Eval
         def evaluate(ctx: _Ctx) -> _Value:
             lv, rv = _align(left(ctx), right(ctx))
             shifted = _temporal_arith(op, lv, rv)
-            if shifted is not None:
-                return shifted
-            # int with float: cast the int ourselves (rounding beyond 2**53, as DuckDB does);
-            # the kernel's own implicit cast refuses such values.
-            if pa.types.is_integer(lv.type) and pa.types.is_floating(rv.type):
-                lv = _as_float(lv)
-            elif pa.types.is_floating(lv.type) and pa.types.is_integer(rv.type):
-                rv = _as_float(rv)
-            return kernel(lv, rv)
+            return shifted if shifted is not None else kernel(lv, rv)
 
         return evaluate
 
@@ -521,9 +527,9 @@ def _fmod(left: _Value, right: _Value, n: int) -> _Value:
         with np.errstate(invalid="ignore"):  # fmod(inf, x) is NaN, as in C and DuckDB
             return pa.scalar(float(np.fmod(left.as_py(), right.as_py())), pa.float64())
     la, ra = _full(left, n), _full(right, n)
-    if pc.any(pc.equal(ra, 0.0)).as_py():
-        raise _DataError("division by zero")
     valid = pc.and_(pc.is_valid(la), pc.is_valid(ra))
+    if pc.any(pc.and_(valid, pc.equal(ra, 0.0))).as_py():  # NULL % 0 is NULL, as NULL / 0
+        raise _DataError("division by zero")
     with np.errstate(invalid="ignore"):
         values = np.fmod(
             la.to_numpy(zero_copy_only=False).astype(np.float64), ra.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -587,6 +593,8 @@ def _compare_values(op: str, left: _Value, right: _Value) -> _Value:
     if op == "gte":
         return _compare_values("lte", right, left)
     left, right = _align(left, right)
+    if _is_null_type(left.type) and _is_null_type(right.type):
+        return pa.scalar(None, pa.bool_())  # NULL compared with NULL
     if op in ("eq", "neq"):
         result = pc.equal(left, right)
         lnan, rnan = _nan(left), _nan(right)
@@ -905,7 +913,7 @@ def _cast_to(value: _Value, to: pa.DataType) -> _Value:
         value = pc.round(value, round_mode="half_to_even")  # DuckDB rounds doubles half to even
     elif pa.types.is_decimal(source) and pa.types.is_integer(to):
         value = pc.round(value, round_mode="half_towards_infinity")
-    return value.cast(to)
+    return _cast_value(value, to)
 
 
 def _cast(node: exp.Cast, c: _Compiler) -> _Eval:
@@ -925,7 +933,7 @@ def _cast(node: exp.Cast, c: _Compiler) -> _Eval:
         except pa.ArrowNotImplementedError:
             raise ExpressionError(f"cannot cast {value.type} to {to} in '{sql}'") from None
 
-    if not any(isinstance(n, (exp.Column, exp.Anonymous, exp.CurrentDate, exp.CurrentTimestamp)) for n in node.walk()):
+    if isinstance(node.this, (exp.Literal, exp.Null, exp.Boolean)):
         # A typed literal (DATE '2024-01-01'): a bad one is a spec error, found now.
         empty = _Ctx(pa.RecordBatch.from_pydict({}))
         try:
