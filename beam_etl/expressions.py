@@ -386,7 +386,7 @@ def _column(node: exp.Column, c: _Compiler) -> _Eval:
     if node.args.get("table") is not None:
         raise ExpressionError(
             f"qualified column '{_sql(node)}' is not supported",
-            hint=f'name the column alone, or quote a name containing a dot: "{node.sql(dialect=_DIALECT, identify=False).replace(chr(34), "")}"',
+            hint="name the column alone, or quote a name that contains a dot: \"t.id\"",
         )
     if not isinstance(node.this, exp.Identifier):
         raise _unsupported(node)
@@ -404,7 +404,9 @@ def _literal_value(node: exp.Literal) -> pa.Scalar:
     except ValueError:
         number = float(text)
     if isinstance(number, int) and not -(2**63) <= number < 2**63:
-        raise ExpressionError(f"integer literal {text} is outside the int64 range", hint="write it as a float, e.g. 1e19")
+        raise ExpressionError(
+            f"integer literal {text} is outside the int64 range", hint="write it as a float, e.g. 1e19"
+        )
     return pa.scalar(number, pa.int64() if isinstance(number, int) else pa.float64())
 
 
@@ -869,7 +871,9 @@ _TYPES: dict[Any, pa.DataType] = {
     exp.DataType.Type.DATETIME: pa.timestamp("us"),
     exp.DataType.Type.TIMESTAMPTZ: pa.timestamp("us", tz="UTC"),
 }
-_CAST_TYPE_NAMES = "TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL(p, s), VARCHAR, BOOLEAN, DATE, TIMESTAMP, TIMESTAMPTZ"
+_CAST_TYPE_NAMES = (
+    "TINYINT, SMALLINT, INT, BIGINT, FLOAT, DOUBLE, DECIMAL(p, s), VARCHAR, BOOLEAN, DATE, TIMESTAMP, TIMESTAMPTZ"
+)
 
 _TRUE_TEXT = ["true", "t", "yes", "y", "1"]
 _FALSE_TEXT = ["false", "f", "no", "n", "0"]
@@ -1528,7 +1532,12 @@ CONDITION_OPS: dict[str, str] = {
 }
 
 _COMPARISON_NODES = {"eq": exp.EQ, "ne": exp.NEQ, "gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE}
-_TEXT_NODES = {"contains": exp.Contains, "starts_with": exp.StartsWith, "ends_with": exp.EndsWith, "regex": exp.RegexpLike}
+_TEXT_NODES = {
+    "contains": exp.Contains,
+    "starts_with": exp.StartsWith,
+    "ends_with": exp.EndsWith,
+    "regex": exp.RegexpLike,
+}
 _LEAF_KEYS = ("column", "op", "value")
 _GROUP_KEYS = ("and", "or", "not")
 
@@ -1574,7 +1583,9 @@ def _leaf_node(node: Mapping[str, Any], where: str) -> exp.Expression:
         )
     column, op = node.get("column"), node.get("op")
     if not isinstance(column, str) or not column:
-        raise ExpressionError(f"{where}: a condition needs 'column' (a column name)", hint="e.g. {column: age, op: gte, value: 18}")
+        raise ExpressionError(
+            f"{where}: a condition needs 'column' (a column name)", hint="e.g. {column: age, op: gte, value: 18}"
+        )
     if not isinstance(op, str) or op not in CONDITION_OPS:
         raise ExpressionError(
             f"{where}: unknown op {op!r}",
@@ -1612,7 +1623,9 @@ def _leaf_node(node: Mapping[str, Any], where: str) -> exp.Expression:
             raise ExpressionError(f"{where}: op '{op}' needs a text value, got {value!r}")
         return _TEXT_NODES[op](this=target, expression=exp.Literal.string(value))
     if isinstance(value, (list, tuple, dict)):
-        raise ExpressionError(f"{where}: op '{op}' needs one value, got {type(value).__name__}", hint="use op: in for a list")
+        raise ExpressionError(
+            f"{where}: op '{op}' needs one value, got {type(value).__name__}", hint="use op: in for a list"
+        )
     return _COMPARISON_NODES[op](this=target, expression=_value_node(value, f"{where}.value"))
 
 
