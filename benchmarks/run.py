@@ -125,9 +125,11 @@ def run_implementation(
     measured = run_measured(cmd, env=_env(), cwd=REPO, cap=cap, log_path=log)
     if measured.returncode != 0:
         killed = " (killed by the memory cap)" if cap is not None and cap.oom_killed() else ""
-        raise RuntimeError(
+        error = RuntimeError(
             f"{implementation} exited with {measured.returncode}{killed}; log {log}:\n{measured.stderr_tail[-3000:]}"
         )
+        error.measured = measured  # type: ignore[attr-defined]  (peak RSS and timeline up to the end)
+        raise error
     with open(os.path.join(out, "stats.json"), encoding="utf-8") as handle:
         stats = json.load(handle)
     return measured, stats
@@ -273,7 +275,14 @@ def memory_test(cap_mb: int, factor: float, small_rows: int, beam_args: Sequence
                     "beam_etl", orders, data.products_csv, out, beam_args, spec=STREAMING_SPEC, cap=cap
                 )
             except RuntimeError as exc:
-                results.append({"rows": rows, "input_mb": round(size_mb), "completed": False, "error": str(exc)[-500:]})
+                failed = getattr(exc, "measured", None)
+                results.append({
+                    "rows": rows, "input_mb": round(size_mb), "input_vs_cap": round(size_mb / cap_mb, 2), "completed": False,
+                    "error": str(exc).splitlines()[0],
+                    "seconds_until_end": round(failed.wall_s, 1) if failed else None,
+                    "peak_rss_mb": round(failed.peak_rss_mb) if failed else None,
+                    "rss_timeline_mb": failed.samples[:: max(1, len(failed.samples) // 40)] if failed else None,
+                })  # fmt: skip
                 continue
             results.append(
                 {
@@ -463,7 +472,8 @@ def _print_report(report: dict[str, Any]) -> None:
                 print(f"  {run['rows']:,} rows ({run['input_mb']:,} MB): {run['wall_s']} s, {run['rows_per_s']:,} rows/s, "
                       f"peak RSS {run['peak_rss_mb']} MB")  # fmt: skip
             else:
-                print(f"  {run['rows']:,} rows ({run['input_mb']:,} MB): FAILED {run['error']}")
+                print(f"  {run['rows']:,} rows ({run['input_mb']:,} MB): FAILED after {run['seconds_until_end']} s, "
+                      f"peak RSS {run['peak_rss_mb']} MB: {run['error']}")  # fmt: skip
         print(f"  [{'met' if memory['flat'] else 'MISSED'}] completes with flat peak RSS")
     if "scaling" in report:
         scaling = report["scaling"]
