@@ -99,8 +99,8 @@ class DataSet:
 
     rows: int
     seed: int
-    orders_csv: str
-    products_csv: str
+    orders_csv: str | None
+    products_csv: str | None
     orders_parquet: str | None = None
     products_parquet: str | None = None
 
@@ -323,9 +323,7 @@ def ensure_data(
         if not os.path.exists(product_path):
             (_write_csv if fmt == "csv" else _write_parquet)(iter([products_table(seed)]), product_path)
         paths[f"p_{fmt}"] = product_path
-    csv_orders = paths["csv"] or paths["parquet"]
-    csv_products = paths["p_csv"] or paths["p_parquet"]
-    return DataSet(rows, seed, csv_orders, csv_products, paths["parquet"], paths["p_parquet"])  # type: ignore[arg-type]
+    return DataSet(rows, seed, paths["csv"], paths["p_csv"], paths["parquet"], paths["p_parquet"])
 
 
 def rows_for_bytes(target_bytes: int, seed: int = DEFAULT_SEED) -> int:
