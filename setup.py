@@ -34,10 +34,11 @@ EXTRAS = {
     "quality": ["datasketches>=5"],
     "sketches": ["datasketches>=5"],  # approximate: true (HLL/KLL) in aggregate and profile
     "gx": ["great_expectations==1.24.1"],
+    "bench": ["duckdb>=1.1", "polars>=1", "psutil>=5"],  # python -m benchmarks.run
 }
 EXTRAS["test"] = sorted(
     {dep for name in ("gcp", "aws", "azure", "sql", "kafka", "rabbitmq", "streams", "quality", "gx") for dep in EXTRAS[name]}
-    | {"pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "duckdb>=1.1", "moto[server]>=5", "gcp-storage-emulator>=2024.8.3", "polars>=1"}
+    | {"pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "duckdb>=1.1", "moto[server]>=5", "gcp-storage-emulator>=2024.8.3", "polars>=1", "psutil>=5"}
 )
 EXTRAS["all"] = sorted({dep for deps in EXTRAS.values() for dep in deps})
 
