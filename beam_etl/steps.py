@@ -30,6 +30,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection, TaggedOutput
 
 from beam_etl import batch as _batch  # noqa: F401  (registers the ArrowBatchCoder)
+from beam_etl.casting import DATA_ERRORS, isolate_row_errors
 from beam_etl.dlq import dlq_batch
 from beam_etl.errors import StepFailed
 
@@ -173,45 +174,6 @@ class BatchOutcome:
     filtered: pa.RecordBatch | None = None
     filtered_count: int | None = None
     merged: int = 0  # reshaping steps: input rows absorbed into ``out`` (see StepModel.reshapes)
-
-
-#: Exceptions that mean "this data cannot be computed", as opposed to a bug in the step.
-DATA_ERRORS: tuple[type[BaseException], ...] = (pa.ArrowInvalid, ArithmeticError, ValueError, OverflowError)
-
-
-def isolate_row_errors(
-    fn: Callable[[pa.RecordBatch], pa.Array], batch: pa.RecordBatch, result_type: pa.DataType | None = None
-) -> tuple[pa.Array, dict[int, str]]:
-    """Evaluate a vectorized ``fn`` and find exactly the rows it cannot compute.
-
-    The whole batch is tried first (the fast, usual path). Only when that raises a data
-    error is the batch bisected, so k bad rows cost O(k log n) vectorized calls instead of
-    one Python call per row. Returns values with null at the failed rows, and
-    ``{row_index: message}`` for them.
-    """
-    try:
-        return fn(batch), {}
-    except DATA_ERRORS as exc:
-        if batch.num_rows <= 1:
-            if batch.num_rows == 0:
-                raise
-            return pa.nulls(1, type=result_type or pa.null()), {0: str(exc)}
-    middle = batch.num_rows // 2
-    left, left_errors = isolate_row_errors(fn, batch.slice(0, middle), result_type)
-    right, right_errors = isolate_row_errors(fn, batch.slice(middle), result_type)
-    target = result_type
-    if target is None:
-        target = left.type if not pa.types.is_null(left.type) else right.type
-    values = pa.concat_arrays([_as_type(left, target), _as_type(right, target)])
-    errors = dict(left_errors)
-    errors.update({middle + index: message for index, message in right_errors.items()})
-    return values, errors
-
-
-def _as_type(array: pa.Array, data_type: pa.DataType) -> pa.Array:
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks()
-    return array if array.type == data_type else array.cast(data_type)
 
 
 def route_errors(

@@ -640,7 +640,7 @@ def coerce_batch(
     """
     if target is None:
         return batch, {}
-    from beam_etl.steps import isolate_row_errors
+    from beam_etl.casting import cast_isolating_errors
 
     declared = frozenset(declared)
     arrays, fields, errors = [], [], {}
@@ -653,9 +653,8 @@ def coerce_batch(
             try:
                 arrays.append(_cast(column, target_field.type))
             except _DATA_ERRORS:
-                one = pa.RecordBatch.from_arrays([column], names=["v"])
                 try:
-                    values, failed = isolate_row_errors(lambda b: _cast(b.column(0), target_field.type), one, target_field.type)
+                    values, failed = cast_isolating_errors(column, target_field.type, lambda a: _cast(a, target_field.type))
                 except _DATA_ERRORS:  # not implemented for this pair of types: every row fails
                     values, failed = pa.nulls(batch.num_rows, type=target_field.type), {i: "" for i in range(batch.num_rows)}
                 arrays.append(values)

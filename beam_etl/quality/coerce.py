@@ -46,6 +46,7 @@ from pydantic import Field, field_validator, model_validator
 from beam_etl.errors import StepFailed
 from beam_etl.models import StepModel, StrictModel, parse_type
 from beam_etl.registry import register_step
+from beam_etl.casting import cast_isolating_errors
 from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors, route_errors
 
 __all__ = [
@@ -250,8 +251,8 @@ def _rows(mask: pa.Array) -> list[int]:
 
 
 def _cast_isolated(values: pa.Array, target: pa.DataType) -> tuple[pa.Array, list[int]]:
-    """Arrow cast; rows it rejects found by ``isolate_row_errors`` (no second bisection)."""
-    array, errors = isolate_row_errors(lambda b: pc.cast(b.column(0), target), pa.RecordBatch.from_arrays([values], ["v"]), target)
+    """Arrow cast; rows it rejects found by ``cast_isolating_errors`` (no second pass)."""
+    array, errors = cast_isolating_errors(values, target)
     return array, sorted(errors)
 
 

@@ -84,6 +84,7 @@ from beam_etl.models import StepModel, StrictModel, parse_type
 from beam_etl.quality.validators import check_format_options, format_mask
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
+from beam_etl.casting import cast_isolating_errors
 from beam_etl.steps import ApplyBatchFn, BatchOutcome, BuildContext, StepCounters, StepOutputs, isolate_row_errors
 from beam_etl.transforms.shard import DEFAULT_SHARDS
 
@@ -379,7 +380,7 @@ def _is_text(data_type: pa.DataType) -> bool:
 
 
 def _cast_or_null(column: pa.Array, target: pa.DataType) -> pa.Array:
-    values, _ = isolate_row_errors(lambda b: pc.cast(b.column(0), target), pa.RecordBatch.from_arrays([column], ["v"]), target)
+    values, _ = cast_isolating_errors(column, target)
     return values
 
 
@@ -414,7 +415,7 @@ def _rule_type(column: pa.Array, type_name: str) -> pa.Array:
     if _is_text(column.type):
         source = pc.utf8_trim_whitespace(column)
         source = pc.if_else(pc.equal(source, ""), pa.scalar(None, pa.string()), source)
-    _, errors = isolate_row_errors(lambda b: pc.cast(b.column(0), target), pa.RecordBatch.from_arrays([source], ["v"]), target)
+    _, errors = cast_isolating_errors(source, target)
     return _rows_mask(len(column), errors)
 
 

@@ -35,7 +35,7 @@ import pyarrow.compute as pc
 from pydantic import Field, field_validator
 
 from beam_etl.models import StrictModel
-from beam_etl.steps import isolate_row_errors
+from beam_etl.casting import cast_isolating_errors
 
 __all__ = [
     "Validator",
@@ -308,8 +308,8 @@ def _rows_mask(rows: int, indices) -> pa.Array:
 
 
 def _cast_rows(text: pa.Array, target: pa.DataType) -> tuple[pa.Array, pa.Array]:
-    """Cast, finding the rows Arrow rejects (by bisection, see ``isolate_row_errors``)."""
-    values, errors = isolate_row_errors(lambda b: pc.cast(b.column(0), target), pa.RecordBatch.from_arrays([text], ["v"]), target)
+    """Cast, finding the rows Arrow rejects (see ``cast_isolating_errors``)."""
+    values, errors = cast_isolating_errors(text, target)
     return values, _rows_mask(len(text), errors)
 
 

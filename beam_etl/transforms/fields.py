@@ -22,7 +22,8 @@ from beam_etl.errors import ExpressionError, SpecIssue, StepFailed
 from beam_etl.models import StepModel, parse_type
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
-from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs, isolate_row_errors
+from beam_etl.casting import cast_isolating_errors
+from beam_etl.steps import BatchStep, BatchOutcome, BuildContext, StepOutputs
 
 __all__ = [
     "Select",
@@ -355,8 +356,7 @@ class _CastFn:
         for name, type_name in self.columns.items():
             target = parse_type(type_name)
             column = batch.column(name) if name in batch.schema.names else pa.nulls(batch.num_rows)
-            column_only = pa.RecordBatch.from_arrays([column], names=[name])
-            array, failed = isolate_row_errors(lambda b: _cast_string(b.column(0), target), column_only, target)
+            array, failed = cast_isolating_errors(column, target, lambda a: _cast_string(a, target), strip=True)
             values[name] = array
             for row in failed:
                 errors.setdefault(row, f"cannot cast {column[row].as_py()!r} in column '{name}' to {type_name}")
