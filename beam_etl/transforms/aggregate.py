@@ -198,7 +198,14 @@ class _PartialsCoder(coders.Coder):
 
 
 class _MergePartials(beam.CombineFn):
-    """CombineFn whose accumulator is a list of partial tables (merged when it grows)."""
+    """CombineFn whose accumulator is a list of partial tables, merged in size tiers.
+
+    Merging all partials whenever :data:`_COMPACT_EVERY` have gathered would re-merge the
+    one big table every time, and the exact states (``median`` value lists,
+    ``count_distinct`` sets) grow with the input: quadratic work. Instead a table is only
+    merged with others once they add up to its own size (as in a size-tiered LSM tree), so
+    every value is re-merged O(log n) times.
+    """
 
     def __init__(self, plan: AggregatePlan):
         self._plan = plan
@@ -211,13 +218,23 @@ class _MergePartials(beam.CombineFn):
             return partials
         return [table_to_batch(self._plan.merge(partials))]
 
+    def _tiered(self, partials: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
+        if len(partials) < _COMPACT_EVERY:
+            return partials
+        by_size = sorted(partials, key=lambda partial: partial.get_total_buffer_size())
+        sizes = [partial.get_total_buffer_size() for partial in by_size]
+        kept: list[pa.RecordBatch] = []
+        while len(by_size) > 1 and sizes[-1] > sum(sizes[:-1]):  # larger than all smaller ones
+            kept.append(by_size.pop())
+            sizes.pop()
+        return kept + self._compacted(by_size)
+
     def add_input(self, accumulator: list[pa.RecordBatch], partial: pa.RecordBatch) -> list[pa.RecordBatch]:
         accumulator.append(partial)
-        return self._compacted(accumulator) if len(accumulator) >= _COMPACT_EVERY else accumulator
+        return self._tiered(accumulator)
 
     def merge_accumulators(self, accumulators: Iterable[list[pa.RecordBatch]]) -> list[pa.RecordBatch]:
-        merged = [partial for accumulator in accumulators for partial in accumulator]
-        return self._compacted(merged) if len(merged) >= _COMPACT_EVERY else merged
+        return self._tiered([partial for accumulator in accumulators for partial in accumulator])
 
     def compact(self, accumulator: list[pa.RecordBatch]) -> list[pa.RecordBatch]:
         return self._compacted(accumulator)
