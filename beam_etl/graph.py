@@ -43,7 +43,7 @@ class BuiltGraph:
     entries: list[tuple[str, str, str]]  # (kind, name, type)
     reshaping: set[str] = field(default_factory=set)  # steps balanced on rows_merged
     lifecycle: RunLifecycle = field(default_factory=RunLifecycle)
-    dlq: PCollection | None = None
+    dlq: PCollection | tuple[PCollection, ...] | None = None  # what the DLQ sink was given
     written: dict[str, Any] = field(default_factory=dict)
 
 
@@ -153,13 +153,19 @@ def build_graph(
 
     dlq = None
     if dlqs:
-        dlqs = [_globally_windowed(pcoll, index) for index, pcoll in enumerate(dlqs)]
-        dlq = (
-            tuple(dlqs)
-            | "dlq:flatten" >> beam.Flatten().with_output_types(pa.RecordBatch)
-            | "dlq:stamp" >> beam.ParDo(_FillJobIdAndCount(job_id)).with_output_types(pa.RecordBatch)
+        stamped = tuple(
+            _globally_windowed(pcoll, index)
+            | f"dlq:stamp:{index}" >> beam.ParDo(_FillJobIdAndCount(job_id)).with_output_types(pa.RecordBatch)
+            for index, pcoll in enumerate(dlqs)
         )
         dlq_sink = _dlq_sink_model(spec)
+        # A Flatten of inputs made in different stages is held in memory whole by Beam's
+        # in-process runner ("sink_flattens" materialises it): every DLQ row of the run, then
+        # decoded at once. A sink that takes many inputs writes each where it is made.
+        if dlq_sink.accepts_many_inputs or len(stamped) == 1:
+            dlq = stamped if len(stamped) > 1 else stamped[0]
+        else:
+            dlq = stamped | "dlq:flatten" >> beam.Flatten().with_output_types(pa.RecordBatch)
         entry = registry.SINKS[dlq_sink.type]
         ctx = context("sink", DLQ_NAME, "dlq")
         written[DLQ_NAME] = entry.build(dlq_sink, dlq, ctx)

@@ -142,6 +142,10 @@ class SinkModel(StrictModel):
     input: str
     description: str | None = None
 
+    #: The sink's builder accepts a tuple of PCollections and writes each where it is made
+    #: (no Flatten): the DLQ, fed by every step, then needs no stage that holds all its rows.
+    accepts_many_inputs: ClassVar[bool] = False
+
 
 class DlqModel(StrictModel):
     """Spec block ``dlq:`` — files (``ndjson``/``parquet`` under ``path``) or a Kafka topic.

@@ -42,7 +42,7 @@ Example:
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
@@ -301,6 +301,8 @@ def build_excel_source(spec: ExcelSource, root: Any, ctx: "BuildContext") -> "St
 
 class _FileSink(SinkModel):
     """A directory of ``part-*`` shards, or one file with ``single_file: true``/``num_shards: 1``."""
+
+    accepts_many_inputs: ClassVar[bool] = True  # WriteToFiles writes each input in place
 
     path: str
     mode: Literal["overwrite", "append", "error_if_exists"] = "overwrite"

@@ -412,6 +412,10 @@ class WriteToFiles(beam.PTransform):
             pipeline options and the environment.
         **options: csv: ``delimiter``, ``header``; parquet: ``row_group_rows`` (default 131072).
 
+    Applied to a tuple of PCollections, each is written where it is produced (no
+    ``Flatten``, which Beam's in-process runner would hold in memory whole) and one
+    finalize step names all their files.
+
     Returns a :class:`~beam_etl.steps.StepOutputs`: ``main`` the final file names (after
     the finalize step), ``dlq`` the rows that could not be written, as DLQ rows.
 
@@ -475,28 +479,41 @@ class WriteToFiles(beam.PTransform):
         self._options = {**options, "compression": compression}
         self._name = name or os.path.basename(path.rstrip("/")) or "files"
 
-    def expand(self, pcoll: PCollection) -> StepOutputs:
-        cloud.configure_pipeline(pcoll.pipeline, [self._target.path], self._storage, name=self._name, kind="sink", error=SinkError)
+    def expand(self, pcolls: PCollection | tuple[PCollection, ...]) -> StepOutputs:
+        inputs = list(pcolls) if isinstance(pcolls, (tuple, list)) else [pcolls]
+        pipeline = inputs[0].pipeline
+        cloud.configure_pipeline(pipeline, [self._target.path], self._storage, name=self._name, kind="sink", error=SinkError)
         check_target(self._target, self._name)
-        if _streaming(pcoll):  # no end to wait for: write each window pane as it comes (files_windowed)
-            from beam_etl.io.files_windowed import WriteWindowedFiles
+        if _streaming(inputs[0]) or self._num_shards:
+            pcoll = inputs[0] if len(inputs) == 1 else tuple(inputs) | "inputs" >> beam.Flatten().with_output_types(pa.RecordBatch)
+            if _streaming(pcoll):  # no end to wait for: write each window pane as it comes (files_windowed)
+                from beam_etl.io.files_windowed import WriteWindowedFiles
 
-            return pcoll | "panes" >> WriteWindowedFiles(self._target, self._options, self._name)
-        if self._num_shards:
-            results = (
+                return pcoll | "panes" >> WriteWindowedFiles(self._target, self._options, self._name)
+            results = [
                 pcoll
                 | "shard" >> beam.ParDo(_AssignShardFn(self._num_shards)).with_output_types(beam.typehints.KV[int, pa.RecordBatch])
                 | "group" >> beam.GroupByKey()
                 | "write" >> beam.ParDo(_WriteShardFn(self._target, self._options, self._name)).with_outputs("dlq", main="main")
-            )
-        else:
-            results = pcoll | "write" >> beam.ParDo(_WriteBundleFn(self._target, self._options, self._name)).with_outputs(
-                "dlq", main="main"
-            )
-        results.dlq.element_type = pa.RecordBatch
+            ]
+        else:  # each input's bundles write their own files, fused with the step that made the rows
+            results = [
+                pcoll
+                | ("write" if len(inputs) == 1 else f"write:{index}")
+                >> beam.ParDo(_WriteBundleFn(self._target, self._options, self._name)).with_outputs("dlq", main="main")
+                for index, pcoll in enumerate(inputs)
+            ]
+        for result in results:
+            result.dlq.element_type = pa.RecordBatch
+        temp_files = _flattened([result.main for result in results], "temp files")
         written = (
-            pcoll.pipeline
+            pipeline
             | "once" >> beam.Create([None])
-            | "finalize" >> beam.ParDo(_FinalizeFn(self._target), AsList(results.main))
+            | "finalize" >> beam.ParDo(_FinalizeFn(self._target), AsList(temp_files))
         )
-        return StepOutputs(main=written, dlq=results.dlq)
+        return StepOutputs(main=written, dlq=_flattened([result.dlq for result in results], "rejected"))
+
+
+def _flattened(pcolls: list[PCollection], label: str) -> PCollection:
+    """One PCollection (a Flatten only when there are several: these are small)."""
+    return pcolls[0] if len(pcolls) == 1 else tuple(pcolls) | label >> beam.Flatten()

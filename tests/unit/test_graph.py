@@ -86,3 +86,27 @@ def test_step_with_on_error_fail_fails_the_run(tmp_path):
     assert report.status == "failed"
     assert "step 'strict' failed" in report.error
     assert json.loads((tmp_path / "run_summary.json").read_text())["status"] == "failed"
+
+
+def test_file_dlq_is_written_where_rows_fail_without_a_flatten(tmp_path):
+    """Beam's in-process runner holds a multi-stage Flatten whole: the file DLQ must not need one."""
+    import apache_beam as beam
+
+    from beam_etl.graph import build_graph
+
+    spec = load_spec(
+        spec_dict(
+            [
+                {"name": "per_unit", "type": "derive", "input": "orders", "columns": {"unit": "amount / qty"}},
+                {"name": "valid", "type": "validate", "input": "per_unit", "rules": {"unit": {"max": 25}}},
+            ]
+        )
+    )
+    pipeline = beam.Pipeline(argv=["--runner=DirectRunner"])
+    build_graph(pipeline, spec, job_id="no-flatten", output_dir=str(tmp_path))
+    transforms = pipeline.to_runner_api().components.transforms.values()
+    flattens = [t.unique_name for t in transforms if t.spec.urn == "beam:transform:flatten:v1"]
+    assert not [name for name in flattens if "dlq" in name and "temp files" not in name and "rejected" not in name], flattens
+    writers = {t.unique_name for t in transforms if t.unique_name.startswith("sink:dlq/write:") and "/" not in t.unique_name[9:]}
+    producers = {t.unique_name for t in transforms if t.unique_name.startswith("dlq:stamp:")}
+    assert len(writers) == len(producers) >= 3, (writers, producers)  # the source, per_unit, valid
