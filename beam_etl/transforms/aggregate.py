@@ -73,8 +73,11 @@ from beam_etl.transforms.shard import DEFAULT_SHARDS
 
 __all__ = ["Aggregate", "AggregateSpec", "combine_partials", "table_to_batch"]
 
-#: Partial tables an accumulator collects before merging them into one.
+#: Partial tables an accumulator collects before merging some of them.
 _COMPACT_EVERY = 16
+#: A table is merged again only once the smaller tables add up to this many times its size,
+#: so each value is re-merged about log_(1 + fanout)(n) times.
+_TIER_FANOUT = 4
 
 
 # --------------------------------------------------------------------------- spec
@@ -203,8 +206,8 @@ class _MergePartials(beam.CombineFn):
     Merging all partials whenever :data:`_COMPACT_EVERY` have gathered would re-merge the
     one big table every time, and the exact states (``median`` value lists,
     ``count_distinct`` sets) grow with the input: quadratic work. Instead a table is only
-    merged with others once they add up to its own size (as in a size-tiered LSM tree), so
-    every value is re-merged O(log n) times.
+    merged with others once they add up to :data:`_TIER_FANOUT` times its size (as in a
+    size-tiered LSM tree), so every value is re-merged O(log n) times.
     """
 
     def __init__(self, plan: AggregatePlan):
@@ -224,7 +227,7 @@ class _MergePartials(beam.CombineFn):
         by_size = sorted(partials, key=lambda partial: partial.get_total_buffer_size())
         sizes = [partial.get_total_buffer_size() for partial in by_size]
         kept: list[pa.RecordBatch] = []
-        while len(by_size) > 1 and sizes[-1] > sum(sizes[:-1]):  # larger than all smaller ones
+        while len(by_size) > 1 and sizes[-1] * _TIER_FANOUT > sum(sizes[:-1]):  # the smaller ones wait
             kept.append(by_size.pop())
             sizes.pop()
         return kept + self._compacted(by_size)
