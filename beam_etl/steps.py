@@ -69,6 +69,20 @@ class StepCounters:
         # Reshaping steps only: input rows absorbed into output rows (see StepModel.reshapes).
         self.rows_merged = Metrics.counter(namespace, "rows_merged")
 
+    def announce(self) -> None:
+        """Report every counter (as 0) now; call it from ``start_bundle``.
+
+        Prism (which Beam 2.77's DirectRunner runs on when it is built) learns a counter's
+        name in a second request the first time a bundle reports its short id, and keeps
+        one pending value per id meanwhile: when two bundles of a split report a new id at
+        once, one bundle's count is lost and the step no longer balances. Counters that
+        exist from the start of a bundle are resolved in its first progress report, before
+        Prism splits it. This narrows Prism's race (it cannot close it: a bundle split
+        before it starts still reports at its end); the in-process runner counts exactly.
+        """
+        for counter in (self.rows_in, self.rows_out, self.rows_dlq, self.rows_filtered, self.rows_merged):
+            counter.inc(0)
+
 
 @dataclass
 class BuildContext:
@@ -203,6 +217,9 @@ class _ApplyBatchDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StepCounters(self._kind, self._name)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, batch: pa.RecordBatch) -> Iterable:
         counters = self._counters

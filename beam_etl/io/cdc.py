@@ -212,6 +212,9 @@ class _ReadPostgresChangesFn(beam.DoFn):
         self._counters = StepCounters("source", self._name)
         self._db = Database("postgres", self._spec.url, f"source '{self._name}'")
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, _tick: Any, finalizer=beam.DoFn.BundleFinalizerParam):
         streaming = self._upto is None
         # Runners may use a new DoFn instance for every tick: the stream's position lives in
@@ -342,6 +345,9 @@ class _ReadMysqlChangesFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StepCounters("source", self._name)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, _tick: Any, finalizer=beam.DoFn.BundleFinalizerParam):
         if self._end is not None:

@@ -360,6 +360,9 @@ class _ReadSplitFn(beam.DoFn):
         self._counters = StepCounters("source", self._source)
         self._newlines: dict[str, dict[int, int]] = {}  # path -> {offset: newlines before it}
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, split: _Split) -> Iterator[Any]:
         layout = split.layout
         if layout == "csv":

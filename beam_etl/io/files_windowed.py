@@ -82,6 +82,7 @@ class _WriteWindowedFn(beam.DoFn):
         self._writer_cls = fmt.make_writer(self._target.format)
 
     def start_bundle(self) -> None:
+        self._counters.announce()
         self._pending: dict[tuple[Any, int], _Pending] = {}
 
     def process(self, batch: pa.RecordBatch, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam) -> Iterator[Any]:

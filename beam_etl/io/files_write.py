@@ -226,6 +226,9 @@ class _WriteMixin:
     def setup(self) -> None:
         self._counters = StepCounters("sink", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def _write_batch(self, files: _FileSet, batch: pa.RecordBatch) -> Iterator[TaggedOutput]:
         counters = self._counters
         counters.rows_in.inc(batch.num_rows)
@@ -280,6 +283,7 @@ class _WriteBundleFn(_WriteMixin, beam.DoFn):
         self._setup(target, options, name)
 
     def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
         self._files = _FileSet(self._target, self._options, allow_rollover=True)
 
     def process(self, batch: pa.RecordBatch) -> Iterator[Any]:

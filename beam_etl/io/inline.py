@@ -43,6 +43,9 @@ class _CountRows(beam.DoFn):
     def setup(self):
         self._counters = StepCounters("source", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch):
         self._counters.rows_out.inc(batch.num_rows)
         yield batch

@@ -165,6 +165,9 @@ class _ReadPartitionFn(beam.DoFn):
         self._counters = StepCounters("source", self._name)
         self._decode = value_decoder(self._spec)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, part: dict[str, int]):
         from kafka import TopicPartition
 
@@ -269,6 +272,9 @@ class _WriteKafkaFn(beam.DoFn):
         )
         self._encode = value_encoder(self._spec)
         self._counters = StepCounters("sink", self._name)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def teardown(self) -> None:
         producer = getattr(self, "_producer", None)

@@ -223,6 +223,9 @@ class _ReadPartitionStreamFn(beam.DoFn):
         self._committer = _Committer(self._spec)
         self._newest: dict[int, Timestamp] = {}
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def teardown(self) -> None:
         for reader in getattr(self, "_readers", {}).values():
             reader.close()

@@ -94,6 +94,9 @@ class _ReadStagedFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StepCounters("source", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, path: str):
         from apache_beam.io.filesystems import FileSystems
 

@@ -142,6 +142,9 @@ class _PublishFn(beam.DoFn):
         self._encode = value_encoder(self._spec)
         self._counters = StepCounters("sink", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def teardown(self) -> None:
         connection = getattr(self, "_connection", None)
         if connection is not None and connection.is_open:

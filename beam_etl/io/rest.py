@@ -372,6 +372,9 @@ class _ReadRestFn(beam.DoFn):
         self._client = RestClient(self._spec, self._name)
         self._counters = StepCounters("source", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def teardown(self) -> None:
         client = getattr(self, "_client", None)
         if client is not None:
@@ -509,6 +512,9 @@ class _WriteRestFn(beam.DoFn):
     def setup(self) -> None:
         self._client = RestClient(self._spec, self._name)
         self._counters = StepCounters("sink", self._name)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def teardown(self) -> None:
         client = getattr(self, "_client", None)

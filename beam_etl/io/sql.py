@@ -291,6 +291,7 @@ class _ReadRangeFn(beam.DoFn):
         self._counters = StepCounters("source", self._name)
 
     def start_bundle(self) -> None:
+        self._counters.announce()
         self._candidate = None
 
     def process(self, part: dict[str, Any]):
@@ -477,6 +478,9 @@ class _WriteSqlFn(beam.DoFn):
         self._db = Database(self._spec.type, self._spec.url, f"sink '{self._name}'")
         self._counters = StepCounters("sink", self._name)
         self._created = False
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, batch: pa.RecordBatch):
         self._counters.rows_in.inc(batch.num_rows)

@@ -143,6 +143,9 @@ class _SendFn(beam.DoFn):
         self._encode = value_encoder(self._spec)
         self._counters = StepCounters("sink", self._name)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch):
         from beam_etl.batch import to_json_value
 

@@ -223,6 +223,9 @@ class _ReadStreamFn(beam.DoFn):
         )
         self._seen = 0
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def teardown(self) -> None:
         reader = getattr(self, "_reader", None)
         if reader is not None:

@@ -280,6 +280,9 @@ class _ScoreBatchFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch, stats: dict[str, OutlierStats]):
         counters = self._counters
         counters.rows_in.inc(batch.num_rows)
@@ -336,6 +339,9 @@ class _FromResultsFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, element):
         result = element[1] if isinstance(element, tuple) else element

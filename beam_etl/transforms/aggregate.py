@@ -264,6 +264,9 @@ class _PartialFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch):
         counters = self._counters
         counters.rows_in.inc(batch.num_rows)
@@ -352,6 +355,9 @@ class _FinishFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, partial: pa.RecordBatch):
         try:

@@ -209,6 +209,9 @@ class _LocalDedupeFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch):
         from beam_etl.transforms.join import shard_by_keys
 
@@ -232,6 +235,9 @@ class _ShardDedupeFn(beam.DoFn):
 
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def _removed(self, removed: pa.RecordBatch) -> Iterable[TaggedOutput]:
         if removed.num_rows:

@@ -56,7 +56,7 @@ from beam_etl.errors import SpecIssue
 from beam_etl.models import StepModel
 from beam_etl.registry import register_step
 from beam_etl.spec import did_you_mean
-from beam_etl.steps import COUNTERS, BuildContext, StepCounters, StepOutputs
+from beam_etl.steps import BuildContext, StepCounters, StepOutputs
 from beam_etl.transforms.shard import DEFAULT_SHARDS, shard_batch
 
 __all__ = [
@@ -641,17 +641,8 @@ def _to_batches(table: pa.Table, batch_rows: int) -> Iterator[pa.RecordBatch]:
 class _CountingFn(beam.DoFn):
     """A DoFn that keeps the step's counters and reports all of them from the start of a bundle.
 
-    Why every counter is touched (``inc(0)``) in ``start_bundle``: Prism (what Beam 2.77's
-    DirectRunner runs on once a Prism job server is up in the process) receives counters by
-    short id and, for an id it has not seen, asks the SDK for its name in a second request;
-    meanwhile it holds one pending value *per id*. When two bundles of one stage - a shard
-    bundle and the residual Prism split off it - both report a counter for the first time in
-    their final responses, one bundle's value overwrites the other's: the join lost whole
-    shards from ``rows_in`` (16 of 32) while its output rows were all there. Prism resolves
-    the new ids of each progress report before it decides to split, so a counter that exists
-    from ``start_bundle`` is known before a split of a running bundle can make a second
-    bundle. This narrows the window, it does not close it: a bundle Prism splits before the
-    SDK has started it still reports new ids only at its end (a runner bug; see the test).
+    Prism dropped one split bundle's counters here (rows_in 16 of 32 while every output row
+    was there); :meth:`StepCounters.announce` says why and what this does and does not fix.
     """
 
     def __init__(self, step: str):
@@ -661,8 +652,7 @@ class _CountingFn(beam.DoFn):
         self._counters = StepCounters("step", self._step)
 
     def start_bundle(self) -> None:
-        for name in COUNTERS:
-            getattr(self._counters, name).inc(0)
+        self._counters.announce()
 
 
 class _ShardFn(beam.DoFn):

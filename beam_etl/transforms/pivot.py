@@ -329,6 +329,9 @@ class _SpreadFn(beam.DoFn):
     def setup(self) -> None:
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, merged: pa.RecordBatch, discovered=None):
         if merged.num_columns == 0 or merged.num_rows == 0:
             return

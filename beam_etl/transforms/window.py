@@ -706,6 +706,9 @@ class _WindowShardFn(beam.DoFn):
     def setup(self):
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, element):
         _shard, batches = element
         batches = [batch for batch in batches if batch.num_rows]

@@ -501,6 +501,9 @@ class _SplitFn(beam.DoFn):
     def setup(self):
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, batch: pa.RecordBatch):
         if batch.num_rows == 0:
             return
@@ -574,6 +577,9 @@ class _LateGateFn(beam.DoFn):
     def setup(self):
         self._counters = StepCounters("step", self._step)
 
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
+
     def process(self, element, clock=beam.DoFn.StateParam(CLOCK), timer=beam.DoFn.TimerParam(TICK)):
         _, batch = element
         start, end, timestamp, _ = _window_of(batch)
@@ -616,6 +622,9 @@ class _StampFn(beam.DoFn):
 
     def setup(self):
         self._counters = StepCounters("step", self._step)
+
+    def start_bundle(self) -> None:
+        self._counters.announce()  # see StepCounters.announce
 
     def process(self, element):
         _, batch = element

@@ -134,3 +134,25 @@ def test_flatten_structs_and_explode_lists_keeps_every_row():
     assert outcome.merged == 3
     nested = unflatten_batch(_FlattenFn(".", [])(batch).out)
     assert nested.to_pylist()[0] == {"id": 1, "a": {"b": {"c": 1}, "d": "x"}, "items": [1, 2]}
+
+
+def test_every_counting_dofn_announces_its_counters_at_bundle_start():
+    """Prism loses a split bundle's first report of a counter; see StepCounters.announce."""
+    import ast
+    import pathlib
+
+    import beam_etl
+
+    missing = []
+    for path in pathlib.Path(beam_etl.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for cls in [node for node in tree.body if isinstance(node, ast.ClassDef)]:
+            source = ast.unparse(cls)
+            if "StepCounters(" not in source:
+                continue
+            starts = [f for f in cls.body if isinstance(f, ast.FunctionDef) and f.name == "start_bundle"]
+            inherited = any(isinstance(b, ast.Name) and b.id in {"_CountingFn"} for b in cls.bases)
+            if not inherited and not any("announce()" in ast.unparse(f) for f in starts):
+                missing.append(f"{path.name}:{cls.name}")
+    assert not missing, missing
+
