@@ -519,9 +519,20 @@ def _as_array(values: Any, rows: int) -> pa.Array:
     return values
 
 
+def group_order(ids: np.ndarray, num_groups: int) -> np.ndarray:
+    """Stable argsort of group numbers in ``[0, num_groups)``.
+
+    Narrowed to the smallest unsigned type first: numpy's stable sort is a radix sort for
+    16-bit and smaller integers (~10x faster than the merge sort it uses for int64).
+    """
+    if num_groups <= 1 << 16 and len(ids):
+        return np.argsort(ids.astype(np.uint16, copy=False), kind="stable")
+    return np.argsort(ids, kind="stable")
+
+
 def _list_by_group(values: pa.Array, ids: np.ndarray, num_groups: int) -> pa.Array:
     """A large_list per group holding ``values`` of that group, keeping their relative order."""
-    order = np.argsort(ids, kind="stable")
+    order = group_order(ids, num_groups)
     counts = np.bincount(ids, minlength=num_groups) if len(ids) else np.zeros(num_groups, dtype=np.int64)
     offsets = np.zeros(num_groups + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
@@ -853,7 +864,7 @@ def _hll_items(values: pa.Array) -> pa.Array:
 
 def _sketch_value_lists(values: pa.Array, ids: np.ndarray, groups: int) -> Iterable[tuple[int, pa.Array]]:
     """(group, values of that group): the per-group loop sketches need."""
-    order = np.argsort(ids, kind="stable")
+    order = group_order(ids, groups)
     sorted_ids = ids[order]
     values = values.take(pa.array(order))
     starts = _first_per_group(sorted_ids)
