@@ -654,7 +654,10 @@ class _Gen:
             (ao, ad), (bo, bd) = self.expr(kind, d), self.expr(kind, d)
             if ao == bo:  # DuckDB's optimizer proves nullif(x, x) NULL and skips the errors around it
                 bo, bd = self.literal(kind)
-            return f"nullif({ao}, {bo})", f"nullif({ad}, {bd})"
+            # DuckDB's nullif skips its second argument when the first is a constant-NULL
+            # vector (e.g. nullif(TRUE, TRUE)); the SQL definition of NULLIF as a CASE over
+            # the all-NULL column evaluates both arguments on every row, as we do.
+            return f"nullif({ao}, {bo})", f"(CASE WHEN ({ad}) = ({bd}) THEN null_{kind} ELSE ({ad}) END)"
 
         def extreme(d):
             fn = self.pick(["greatest", "least"])
