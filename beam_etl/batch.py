@@ -23,6 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import coders
 
+from beam_etl.memory import use_jemalloc
+
 __all__ = [
     "DEFAULT_BATCH_ROWS",
     "ArrowBatchCoder",
@@ -39,6 +41,8 @@ __all__ = [
     "to_json_value",
     "align_to_schema",
 ]
+
+use_jemalloc()  # before any batch is built: see beam_etl/memory.py
 
 #: Rows per batch produced by sources unless a spec says otherwise (DESIGN §3).
 DEFAULT_BATCH_ROWS = 65_536

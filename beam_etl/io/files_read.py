@@ -30,12 +30,14 @@ Example:
 from __future__ import annotations
 
 import codecs
+import concurrent.futures
 import dataclasses
+import functools
 import io
 import itertools
 import os
 from dataclasses import dataclass
-from typing import IO, Any, Iterator, Mapping, Sequence
+from typing import IO, Any, Callable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -252,6 +254,43 @@ def _read_exactly(handle: IO[bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
+#: Chunks at least this big are parsed as two halves on two threads (Arrow's CSV parser and
+#: casts release the GIL, so both cores work even on the single-threaded in-process runner).
+PARALLEL_PARSE_BYTES = 1 << 20
+_PARSE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def parse_in_halves(
+    parse: Callable[[bytes], Any], chunk: bytes, lines_before: int | None, offset: int, options: CsvOptions
+) -> list[tuple[concurrent.futures.Future, int | None, int]]:
+    """``parse`` each half of ``chunk`` (cut after a newline) on a thread, in order.
+
+    Returns ``(future, lines before the part or None, the part's byte offset or -1)`` per
+    part. Only line-split text in an ASCII-compatible encoding is cut (a newline byte then
+    always ends a row); anything else, or a small chunk, is one part parsed here.
+    """
+    global _PARSE_POOL
+    cut = chunk.find(b"\n", len(chunk) // 2) + 1 if len(chunk) >= PARALLEL_PARSE_BYTES else 0
+    if not (0 < cut < len(chunk) and options.split and options.ascii_compatible):
+        return [(_parsed_here(parse, chunk), lines_before, offset)]
+    if _PARSE_POOL is None:  # one helper thread: the caller parses the second half itself
+        _PARSE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="beam-etl-csv")
+    first, second = chunk[:cut], chunk[cut:]
+    second_lines = lines_before + first.count(b"\n") if lines_before is not None else None
+    ahead = _PARSE_POOL.submit(parse, first)
+    return [(ahead, lines_before, offset), (_parsed_here(parse, second), second_lines, offset + cut if offset >= 0 else -1)]
+
+
+def _parsed_here(parse: Callable[[bytes], Any], data: bytes) -> concurrent.futures.Future:
+    """``parse(data)`` in this thread, as a completed future (its error raised by ``result()``)."""
+    done: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        done.set_result(parse(data))
+    except BaseException as exc:
+        done.set_exception(exc)
+    return done
+
+
 def _read_range(path: str, start: int, end: int) -> tuple[bytes, int]:
     """The whole lines that start in ``[start, end)`` and the offset of the first one."""
     with _open(path, compressed=False) as handle:
@@ -420,8 +459,10 @@ class _ReadSplitFn(beam.DoFn):
         options = _text_options(self._config.csv)
         quote = options.quote if not options.split else None
         for chunk, lines_before, offset in self._text_chunks(split, quote, self._config.csv):
-            batch, rejects = fmt.parse_csv_chunk(chunk, split.names, options, self._target, self._declared)
-            yield batch, self._dlq(split, rejects, lines_before, offset)
+            parse = functools.partial(fmt.parse_csv_chunk, names=split.names, options=options, target=self._target, declared=self._declared)
+            for parsed, part_lines, part_offset in parse_in_halves(parse, chunk, lines_before, offset, options):
+                batch, rejects = parsed.result()
+                yield batch, self._dlq(split, rejects, part_lines, part_offset)
 
     def _lines(self, split: _Split):
         for chunk, lines_before, offset in self._text_chunks(split, None, None):
