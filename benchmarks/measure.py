@@ -2,8 +2,11 @@
 
 Peak RSS is the largest *sum* of resident memory over the child and all its descendants
 (Beam's ``multi_processing`` workers are separate processes), sampled every 50 ms with
-psutil, and never less than the kernel's ``ru_maxrss`` of the child itself. Shared pages are
-counted once per process, so for forked workers the figure is an upper bound.
+psutil, and never less than the high-water mark (``VmHWM``) of any single process in the
+tree, which the kernel keeps exactly. Shared pages are counted once per process, so for forked
+workers the figure is an upper bound. (Not ``ru_maxrss`` from ``wait4``: Linux carries the
+forked parent's RSS into the child's ``ru_maxrss`` across ``exec``, so every child would
+report at least this benchmark driver's own size.)
 
 A memory cap (:class:`MemoryCap`) runs the child in a fresh cgroup with a memory limit when
 this process may create one (cgroup v2 or v1, as root), else under ``prlimit --as``.
@@ -37,13 +40,14 @@ class Measured:
     wall_s: float
     cpu_s: float  # user + system of the child and the descendants it waited for
     peak_rss_mb: float  # peak of the summed RSS of the process tree
-    max_process_rss_mb: float  # the largest single process (ru_maxrss)
+    max_process_rss_mb: float  # the largest single process (VmHWM)
     returncode: int
     stderr_tail: str = ""
     samples: list[tuple[float, float]] = field(default_factory=list)  # (seconds, tree RSS MB)
 
 
-def _tree_rss(root: psutil.Process) -> int:
+def _tree_rss(root: psutil.Process, high_water: dict[int, int]) -> int:
+    """Summed RSS of ``root`` and its descendants; records each one's VmHWM in ``high_water``."""
     total = 0
     try:
         processes = [root, *root.children(recursive=True)]
@@ -52,9 +56,22 @@ def _tree_rss(root: psutil.Process) -> int:
     for process in processes:
         try:
             total += process.memory_info().rss
+            high_water[process.pid] = max(high_water.get(process.pid, 0), _vm_hwm(process.pid))
         except psutil.Error:
             pass
     return total
+
+
+def _vm_hwm(pid: int) -> int:
+    """The peak RSS of process ``pid`` since its last exec, in bytes (0 when unknown)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 class MemoryCap:
@@ -179,6 +196,7 @@ def run_measured(
         preexec_fn=cap.preexec if cap is not None else None,
     )
     peak = 0
+    high_water: dict[int, int] = {}
     samples: list[tuple[float, float]] = []
     stop = threading.Event()
     tail = bytearray()
@@ -187,7 +205,7 @@ def run_measured(
         nonlocal peak
         root = psutil.Process(process.pid)
         while not stop.is_set():
-            rss = _tree_rss(root)
+            rss = _tree_rss(root, high_water)
             peak = max(peak, rss)
             samples.append((round(time.perf_counter() - started, 2), round(rss / 2**20, 1)))
             stop.wait(sample_every)
@@ -214,9 +232,9 @@ def run_measured(
         with open(log_path, "rb") as handle:
             handle.seek(max(0, os.path.getsize(log_path) - 20000))
             tail = bytearray(handle.read())
-    # ru_maxrss (KiB on Linux): the largest single process among the child and the
-    # descendants it waited for; CPU times likewise add up the child and those descendants.
-    max_process = usage.ru_maxrss / 1024
+    # CPU times add up the child and the descendants it waited for. The largest single
+    # process is its VmHWM as last sampled (ru_maxrss would include the forked parent's RSS).
+    max_process = max(high_water.values(), default=0) / 2**20
     return Measured(
         wall_s=wall,
         cpu_s=usage.ru_utime + usage.ru_stime,

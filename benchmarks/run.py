@@ -315,7 +315,8 @@ def _flink_args(parallelism: int) -> list[str] | None:
 
 
 def scaling_test(rows: int, seed: int, out_root: str, repeat: int) -> dict:
-    """beam-etl rows/s with 1 vs 2 DirectRunner workers, and embedded Flink parallelism 1 vs 2.
+    """beam-etl rows/s with 1 vs 2 DirectRunner workers, on Prism (when scripts/services/prism.sh
+    built it), and on embedded Flink with parallelism 1 vs 2.
 
     Every configuration's output is checked against DuckDB's before its time counts.
     """
@@ -325,6 +326,10 @@ def scaling_test(rows: int, seed: int, out_root: str, repeat: int) -> dict:
         ("direct, 2 workers (multi_threading)", ["--direct_num_workers=2", "--direct_running_mode=multi_threading"]),
         ("direct, 2 workers (multi_processing)", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
     ]
+    from beam_etl.runners._cache import prism_binary
+
+    if prism_binary() is not None:  # Beam's portable local runner, as the DirectRunner picks it
+        configs.append(("prism (portable local runner)", ["--runner=PrismRunner"]))
     flink_note = None
     for parallelism in (1, 2):
         args = _flink_args(parallelism)
