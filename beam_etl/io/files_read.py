@@ -254,41 +254,51 @@ def _read_exactly(handle: IO[bytes], size: int) -> bytes:
     return b"".join(parts)
 
 
-#: Chunks at least this big are parsed as two halves on two threads (Arrow's CSV parser and
-#: casts release the GIL, so both cores work even on the single-threaded in-process runner).
-PARALLEL_PARSE_BYTES = 1 << 20
+#: Line-split CSV chunks are parsed in pieces of about this size, each piece parsed on a
+#: helper thread while the previous one's rows go through the pipeline's fused steps on
+#: this thread (Arrow's CSV parser and casts release the GIL: both cores work even on the
+#: single-threaded in-process runner).
+PARSE_PIECE_BYTES = 2 << 20
 _PARSE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
-def parse_in_halves(
+def parse_pieces(
     parse: Callable[[bytes], Any], chunk: bytes, lines_before: int | None, offset: int, options: CsvOptions
-) -> list[tuple[concurrent.futures.Future, int | None, int]]:
-    """``parse`` each half of ``chunk`` (cut after a newline) on a thread, in order.
+) -> Iterator[tuple[Any, int | None, int]]:
+    """``(parse(piece), lines before the piece or None, its byte offset or -1)``, in order.
 
-    Returns ``(future, lines before the part or None, the part's byte offset or -1)`` per
-    part. Only line-split text in an ASCII-compatible encoding is cut (a newline byte then
-    always ends a row); anything else, or a small chunk, is one part parsed here.
+    The next piece is parsed ahead on a helper thread while the caller handles the current
+    one. Only line-split text in an ASCII-compatible encoding is cut (a newline byte then
+    always ends a row); anything else, or a chunk under two pieces, is parsed whole, here.
     """
     global _PARSE_POOL
-    cut = chunk.find(b"\n", len(chunk) // 2) + 1 if len(chunk) >= PARALLEL_PARSE_BYTES else 0
-    if not (0 < cut < len(chunk) and options.split and options.ascii_compatible):
-        return [(_parsed_here(parse, chunk), lines_before, offset)]
-    if _PARSE_POOL is None:  # one helper thread: the caller parses the second half itself
+    pieces = _cut_at_newlines(chunk, PARSE_PIECE_BYTES) if options.split and options.ascii_compatible else [(0, len(chunk))]
+    if len(pieces) == 1:
+        yield parse(chunk), lines_before, offset
+        return
+    if _PARSE_POOL is None:
         _PARSE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="beam-etl-csv")
-    first, second = chunk[:cut], chunk[cut:]
-    second_lines = lines_before + first.count(b"\n") if lines_before is not None else None
-    ahead = _PARSE_POOL.submit(parse, first)
-    return [(ahead, lines_before, offset), (_parsed_here(parse, second), second_lines, offset + cut if offset >= 0 else -1)]
+    pending = _PARSE_POOL.submit(parse, chunk[pieces[0][0] : pieces[0][1]])
+    for index, (start, end) in enumerate(pieces):
+        current = pending
+        if index + 1 < len(pieces):
+            next_start, next_end = pieces[index + 1]
+            pending = _PARSE_POOL.submit(parse, chunk[next_start:next_end])
+        lines = lines_before + chunk.count(b"\n", 0, start) if lines_before is not None else None
+        yield current.result(), lines, offset + start if offset >= 0 else -1
 
 
-def _parsed_here(parse: Callable[[bytes], Any], data: bytes) -> concurrent.futures.Future:
-    """``parse(data)`` in this thread, as a completed future (its error raised by ``result()``)."""
-    done: concurrent.futures.Future = concurrent.futures.Future()
-    try:
-        done.set_result(parse(data))
-    except BaseException as exc:
-        done.set_exception(exc)
-    return done
+def _cut_at_newlines(chunk: bytes, size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` pieces of about ``size`` bytes, each ending just after a newline."""
+    pieces, start = [], 0
+    while len(chunk) - start >= 2 * size:
+        cut = chunk.find(b"\n", start + size) + 1
+        if cut <= 0:
+            break
+        pieces.append((start, cut))
+        start = cut
+    pieces.append((start, len(chunk)))
+    return pieces
 
 
 def _read_range(path: str, start: int, end: int) -> tuple[bytes, int]:
@@ -460,8 +470,7 @@ class _ReadSplitFn(beam.DoFn):
         quote = options.quote if not options.split else None
         for chunk, lines_before, offset in self._text_chunks(split, quote, self._config.csv):
             parse = functools.partial(fmt.parse_csv_chunk, names=split.names, options=options, target=self._target, declared=self._declared)
-            for parsed, part_lines, part_offset in parse_in_halves(parse, chunk, lines_before, offset, options):
-                batch, rejects = parsed.result()
+            for (batch, rejects), part_lines, part_offset in parse_pieces(parse, chunk, lines_before, offset, options):
                 yield batch, self._dlq(split, rejects, part_lines, part_offset)
 
     def _lines(self, split: _Split):

@@ -506,8 +506,8 @@ def test_single_file_from_num_shards_one_with_a_file_name():
     assert not CsvSink.model_validate({"type": "csv", "input": "x", "path": "out/report/", "num_shards": 1}).writes_single_file()
 
 
-def test_csv_chunks_parsed_in_halves_give_the_same_rows_and_reject_lines(inputs, monkeypatch):
-    """Big chunks are parsed as two halves on two threads; rows and DLQ line numbers must not change."""
+def test_csv_chunks_parsed_in_pieces_give_the_same_rows_and_reject_lines(inputs, monkeypatch):
+    """Chunks are parsed in pieces, the next on a helper thread; rows and DLQ line numbers must not change."""
     from beam_etl.io import files_read
     from beam_etl.io.files_formats import CsvOptions, parse_csv_chunk
 
@@ -521,20 +521,19 @@ def test_csv_chunks_parsed_in_halves_give_the_same_rows_and_reject_lines(inputs,
         return parse_csv_chunk(data, names, options, target, frozenset(names))
 
     def run(threshold: int, lines_before):
-        monkeypatch.setattr(files_read, "PARALLEL_PARSE_BYTES", threshold)
-        parts = files_read.parse_in_halves(parse, chunk, lines_before, header_end, options)
+        monkeypatch.setattr(files_read, "PARSE_PIECE_BYTES", threshold)
+        parts = list(files_read.parse_pieces(parse, chunk, lines_before, header_end, options))
         rows, rejects = [], []
-        for future, lines, offset in parts:
-            batch, rejected = future.result()
+        for (batch, rejected), lines, offset in parts:
             rows += batch.to_pylist() if batch is not None else []
             first = (lines if lines is not None else raw[:offset].count(b"\n")) + 1
             for dlq in rejected.to_dlq(step="orders", path="orders.csv", first=first) if len(rejected) else []:
                 rejects += list(zip(dlq.column("source").to_pylist(), dlq.column("error_type").to_pylist()))
         return len(parts), rows, sorted(rejects)
 
-    whole = run(len(chunk) + 1, 1)
+    whole = run(len(chunk), 1)
     for lines_before in (1, None):  # line numbers known, or counted from the byte offset
-        halves = run(1, lines_before)
-        assert halves[0] == 2 and whole[0] == 1
-        assert halves[1] == whole[1]
-        assert halves[2] == whole[2] == sorted((f"orders.csv:{line}", kind) for line, kind in inputs["csv_bad_at"])
+        pieces = run(4096, lines_before)
+        assert pieces[0] > 10 and whole[0] == 1
+        assert pieces[1] == whole[1]
+        assert pieces[2] == whole[2] == sorted((f"orders.csv:{line}", kind) for line, kind in inputs["csv_bad_at"])
