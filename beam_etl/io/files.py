@@ -15,7 +15,7 @@ Spec entries::
       out:  {type: parquet, input: kept, path: out/kept/, mode: overwrite, compression: zstd}
       rep:  {type: csv, input: by_country, path: out/report.csv, single_file: true}
 
-Reading: large CSV/NDJSON files are split into ~8 MiB byte ranges aligned to line starts
+Reading: large CSV/NDJSON files are split into ~32 MiB byte ranges aligned to line starts
 (the CSV header re-applied to each; a CSV whose quoted values contain newlines must set
 ``split: false``), Parquet into row groups; only these small descriptors are shuffled to
 workers, each parsed vectorized into batches of at most ``batch_rows`` rows. Malformed input

@@ -4,7 +4,7 @@ A read is three steps (DESIGN §3, §9):
 
 1. ``_ExpandFn`` matches the path (a file, a directory or a glob, through Beam's
    ``FileSystems`` so ``s3://`` and ``gs://`` work once configured) and cuts every file into
-   descriptors: ~8 MiB byte ranges for CSV/NDJSON (aligned to line starts when read; the CSV
+   descriptors: ~32 MiB byte ranges for CSV/NDJSON (aligned to line starts when read; the CSV
    header is read once and re-applied to every range), row groups for Parquet (small ones
    bundled up to the same size),
    whole files for Avro, Excel, JSON arrays and compressed text.
@@ -258,7 +258,7 @@ def _read_exactly(handle: IO[bytes], size: int) -> bytes:
 #: helper thread while the previous one's rows go through the pipeline's fused steps on
 #: this thread (Arrow's CSV parser and casts release the GIL: both cores work even on the
 #: single-threaded in-process runner).
-PARSE_PIECE_BYTES = 2 << 20
+PARSE_PIECE_BYTES = 4 << 20
 _PARSE_POOL: concurrent.futures.ThreadPoolExecutor | None = None
 
 
