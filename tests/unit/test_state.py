@@ -606,3 +606,19 @@ def test_a_missing_parent_folder_is_created(tmp_path):
     with StateStore(f"sqlite:///{tmp_path / 'a' / 'b' / 'state.db'}") as store:
         assert store.url == f"sqlite:///{tmp_path / 'a' / 'b' / 'state.db'}"
     assert (tmp_path / "a" / "b" / "state.db").exists()
+
+
+def test_opening_waits_while_another_process_holds_a_new_file(tmp_path):
+    """Switching a fresh file to WAL needs an exclusive lock and SQLite skips the busy handler."""
+    import threading
+
+    path = tmp_path / "held.db"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("CREATE TABLE t (x)")  # a rollback-journal database, as a first opener leaves it
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("INSERT INTO t VALUES (1)")  # a writer's reserved lock, as the other creator holds
+    threading.Timer(0.5, lambda: holder.execute("COMMIT")).start()
+
+    with StateStore(f"sqlite:///{path}") as store:  # raised "database is locked" at once before
+        assert store.list_runs("nothing") == []
+    holder.close()
