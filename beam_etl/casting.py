@@ -142,9 +142,9 @@ def _try_distinct(
     casted = pa.concat_arrays(results).take(positions)
     errors: dict[int, str] = {}
     if failures:
-        failed = np.isin(positions.to_numpy(zero_copy_only=False), list(failures))
-        for row in np.flatnonzero(failed):
-            errors[int(row)] = failures[positions[int(row)].as_py()]
+        codes = positions.to_numpy(zero_copy_only=False)
+        for row in np.flatnonzero(np.isin(codes, list(failures))):
+            errors[int(row)] = failures[int(codes[row])]
     return casted, errors
 
 

@@ -18,7 +18,8 @@ from typing import Sequence
 
 import pyarrow as pa
 
-from beam_etl.batch import concat_batches, rows_as_json
+from beam_etl.batch import concat_batches
+from beam_etl.json_rows import rows_as_json
 
 __all__ = ["DLQ_SCHEMA", "dlq_batch", "empty_dlq", "with_job_id"]
 

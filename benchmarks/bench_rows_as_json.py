@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from beam_etl.batch import _rows_as_json_per_row, rows_as_json
+from beam_etl.json_rows import _rows_as_json_per_row, rows_as_json
 
 
 def order_batch(rows: int, seed: int = 7) -> pa.RecordBatch:

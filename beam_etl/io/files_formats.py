@@ -500,7 +500,7 @@ def _reject_rows(
     parse_error_type: str | None = None,
 ) -> None:
     """Record rows of ``batch`` as rejects, their original values as JSON in ``record``."""
-    from beam_etl.batch import rows_as_json
+    from beam_etl.json_rows import rows_as_json
 
     indices = sorted(bad_rows)
     records = rows_as_json(batch.take(pa.array(indices, type=pa.int64()))).to_pylist()

@@ -279,13 +279,15 @@ def parse_pieces(
     if _PARSE_POOL is None:
         _PARSE_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="beam-etl-csv")
     pending = _PARSE_POOL.submit(parse, chunk[pieces[0][0] : pieces[0][1]])
+    lines = lines_before
     for index, (start, end) in enumerate(pieces):
         current = pending
         if index + 1 < len(pieces):
             next_start, next_end = pieces[index + 1]
             pending = _PARSE_POOL.submit(parse, chunk[next_start:next_end])
-        lines = lines_before + chunk.count(b"\n", 0, start) if lines_before is not None else None
         yield current.result(), lines, offset + start if offset >= 0 else -1
+        if lines is not None:
+            lines += chunk.count(b"\n", start, end)
 
 
 def _cut_at_newlines(chunk: bytes, size: int) -> list[tuple[int, int]]:

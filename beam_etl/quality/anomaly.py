@@ -317,7 +317,7 @@ class _ToRowsFn(beam.DoFn):
         self._columns = columns
 
     def process(self, batch: pa.RecordBatch):
-        from beam_etl.batch import rows_as_json
+        from beam_etl.json_rows import rows_as_json
 
         records = rows_as_json(batch).to_pylist()
         features = []

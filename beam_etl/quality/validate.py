@@ -77,7 +77,8 @@ from apache_beam import typehints
 from apache_beam.pvalue import TaggedOutput
 from pydantic import Field, field_validator, model_validator
 
-from beam_etl.batch import DEFAULT_BATCH_ROWS, concat_batches, rows_as_json, split_batch
+from beam_etl.batch import DEFAULT_BATCH_ROWS, concat_batches, split_batch
+from beam_etl.json_rows import rows_as_json
 from beam_etl.dlq import dlq_batch
 from beam_etl.errors import ExpressionError, SpecIssue, StepFailed
 from beam_etl.models import StepModel, StrictModel, parse_type

@@ -16,10 +16,10 @@ from beam_etl.batch import (
     concat_batches,
     empty_batch,
     rebatch,
-    rows_as_json,
     rows_to_batch,
     split_batch,
 )
+from beam_etl.json_rows import rows_as_json
 
 CODER = ArrowBatchCoder()
 

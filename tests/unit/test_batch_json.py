@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beam_etl.batch import _rows_as_json_columnar, _rows_as_json_per_row, rows_as_json
+from beam_etl.json_rows import _rows_as_json_columnar, _rows_as_json_per_row, rows_as_json
 
 # Text with the characters json.dumps treats specially mixed into ordinary and non-ASCII
 # ones (surrogates excluded: Arrow strings are valid UTF-8).

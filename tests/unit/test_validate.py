@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from beam_etl.batch import rows_as_json
+from beam_etl.json_rows import rows_as_json
 from beam_etl.errors import SpecError
 from beam_etl.quality.validate import ColumnRules, RowCheck, ValidateSpec, _ValidateFn, duplicate_mask, validate_batch
 from beam_etl.spec import load_spec
