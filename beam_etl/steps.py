@@ -72,13 +72,13 @@ class StepCounters:
     def announce(self) -> None:
         """Report every counter (as 0) now; call it from ``start_bundle``.
 
-        Prism (which Beam 2.77's DirectRunner runs on when it is built) learns a counter's
-        name in a second request the first time a bundle reports its short id, and keeps
-        one pending value per id meanwhile: when two bundles of a split report a new id at
-        once, one bundle's count is lost and the step no longer balances. Counters that
-        exist from the start of a bundle are resolved in its first progress report, before
-        Prism splits it. This narrows Prism's race (it cannot close it: a bundle split
-        before it starts still reports at its end); the in-process runner counts exactly.
+        Released Prism 2.77 (which Beam's DirectRunner runs on) learns a counter's name in a
+        second request the first time a bundle reports its short id, and keeps one pending
+        value per id meanwhile: when two bundles report a new id at once, one bundle's count
+        is lost and the step no longer balances. Counters that exist from the start of a
+        bundle are resolved in its first progress report, which narrows the race on a
+        released Prism; the Prism that ``scripts/services/prism.sh`` builds is patched to
+        keep every value (``scripts/services/prism/``), and the in-process runner is exact.
         """
         for counter in (self.rows_in, self.rows_out, self.rows_dlq, self.rows_filtered, self.rows_merged):
             counter.inc(0)

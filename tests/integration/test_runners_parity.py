@@ -185,3 +185,21 @@ def test_join_aggregate_window_and_dlq_match_on_every_runner(runner: str, join_b
     summary = json.loads((tmp_path / "run_summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["balanced"], summary
     assert outputs(tmp_path) == join_baseline
+
+
+def test_the_cached_prism_is_built_with_the_counter_patch() -> None:
+    """The Prism the DirectRunner picks keeps every bundle's counts (scripts/services/prism/).
+
+    prism.sh stamps the binary with the hash of the patch and its Go test (which it ran before
+    building); a released Prism 2.77 can drop one of two bundles' counts and unbalance a run.
+    """
+    import hashlib
+
+    binary = _cache.prism_binary()
+    if binary is None:
+        pytest.fail("Prism is not built: run `bash scripts/services/prism.sh`")
+    patch_dir = Path(__file__).resolve().parents[2] / "scripts" / "services" / "prism"
+    sources = sorted(patch_dir.glob("*.patch")) + sorted(patch_dir.glob("*_test.go"))
+    want = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()
+    stamp = binary.parent / "patches.sha256"
+    assert stamp.is_file() and stamp.read_text().strip() == want, "stale Prism: rerun `bash scripts/services/prism.sh`"
