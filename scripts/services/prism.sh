@@ -33,7 +33,8 @@ if [ ! -x "$PRISM" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   src=$("${PYTHON:-python}" -c 'import json, sys; print(json.load(open(sys.argv[1]))["Dir"])' "$work/module.json")
   # The module cache is read-only (and go build -overlay refuses files in it): patch a copy.
   cp -r "$src" "$work/sdks" && chmod -R u+w "$work/sdks"
-  patch -s -d "$work/sdks" -p1 < "$PATCH_DIR/metrics-short-ids.patch" >"$log" 2>&1 || fail "$log" "$work" "the patch does not apply to Beam $BEAM_PY_VERSION's Prism"
+  # git apply works outside a repository too, and git is there wherever this repo was cloned.
+  (cd "$work/sdks" && git apply -p1 "$PATCH_DIR/metrics-short-ids.patch") >"$log" 2>&1 || fail "$log" "$work" "the patch does not apply to Beam $BEAM_PY_VERSION's Prism"
   jobservices=go/pkg/beam/runners/prism/internal/jobservices
   cp "$PATCH_DIR/metrics_short_ids_test.go" "$work/sdks/$jobservices/"
   (cd "$work/sdks" && go test -count=1 -run 'TestBeamEtl|Test_metricsStore' "./$jobservices/") >"$log" 2>&1 || fail "$log" "$work" "the patched Prism fails its metrics tests"
